@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the module and the Python package with meson, inside the testbed (or any machine with
+# asterisk-dev and python3-dev), and stage them for the tests:
+#   /var/tmp/convai-build/app_elevenlabs_convai.so   the module
+#   /var/tmp/convai-stage/python                      the convai package with its cffi extension
+# The XML docs go into the system's Asterisk documentation dir so `core show application` works.
+set -euo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+build=${CONVAI_BUILD_DIR:-/var/tmp/convai-build}
+stage=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage}
+
+if [ -f "$build/build.ninja" ]; then
+  meson setup --reconfigure "$build" "$src" >/dev/null
+else
+  meson setup "$build" "$src" --prefix=/usr --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
+fi
+ninja -C "$build"
+rm -rf "$stage"
+DESTDIR="$stage" meson install -C "$build" --quiet
+pydir=$(find "$stage" -type d -name convai -path '*asterisk-elevenlabs-convai*' | head -n 1)
+ln -sfn "$(dirname "$pydir")" "$stage/python"
+xml=$(find "$stage" -name 'app_elevenlabs_convai-en_US.xml' | head -n 1)
+install -D -m 644 "$xml" /usr/share/asterisk/documentation/thirdparty/app_elevenlabs_convai-en_US.xml
+echo "built: $build/app_elevenlabs_convai.so; python: $stage/python"
