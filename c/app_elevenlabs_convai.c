@@ -141,6 +141,31 @@
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
+	<managerEvent language="en_US" name="ElevenLabsConvAIStats">
+		<managerEventInstance class="EVENT_FLAG_CALL">
+			<synopsis>Raised at the end of a conversation with its media statistics.</synopsis>
+			<syntax>
+				<parameter name="Channel"/>
+				<parameter name="Uniqueid"/>
+				<parameter name="Agent"/>
+				<parameter name="ConversationID"/>
+				<parameter name="FramesPlayed"><para>20 ms frames of agent audio written.</para></parameter>
+				<parameter name="Underruns"><para>Ticks with agent audio waiting in Python but none in the ring.</para></parameter>
+				<parameter name="LateTicks"><para>Timer ticks the channel thread was late for (caught up).</para></parameter>
+				<parameter name="FramesUp"><para>Caller frames queued for the agent.</para></parameter>
+				<parameter name="UpOverflows"><para>Caller frames lost because the runtime fell behind.</para></parameter>
+				<parameter name="FramesDropped"><para>Agent frames dropped by interruptions.</para></parameter>
+				<parameter name="Interruptions"/>
+				<parameter name="BytesUp"/>
+				<parameter name="BytesDown"/>
+				<parameter name="PlayoutP50Us"><para>Deviation of the interval between writes from 20 ms;
+				also P99Us, MaxUs, Count and Hist (sparse <literal>bucket:count</literal> list) for
+				Playout, FirstFrame (agent audio received to first frame written), BargeIn
+				(interruption received to audio cut) and Uplink (caller chunk complete to handed to
+				the WebSocket session).</para></parameter>
+			</syntax>
+		</managerEventInstance>
+	</managerEvent>
 	<managerEvent language="en_US" name="ElevenLabsConvAIEnd">
 		<managerEventInstance class="EVENT_FLAG_CALL">
 			<synopsis>Raised when a conversation with an agent has ended.</synopsis>
@@ -627,6 +652,7 @@ struct convai_call {
 	int prebuffer_ticks;
 	uint32_t seen_below;
 	uint32_t last_played_id;
+	uint32_t last_write_us;
 	AST_LIST_ENTRY(convai_call) list;
 	unsigned char silence[CONVAI_FRAME_MAX];
 	unsigned char out[AST_FRIENDLY_OFFSET + CONVAI_FRAME_MAX];
@@ -793,6 +819,19 @@ static void call_on_commands(struct convai_call *c)
 
 /* --- media: agent audio out, one frame per timer tick -------------------------------------- */
 
+/* How far each write strays from the 20 ms grid: what the caller's jitter buffer sees. */
+static void call_note_write(struct convai_call *c)
+{
+	uint32_t now = convai_now_us();
+
+	if (c->last_write_us) {
+		int32_t dev = (int32_t) (now - c->last_write_us) - 20000;
+
+		convai_hist_add(c->sess, CONVAI_HIST_PLAYOUT, (uint32_t) abs(dev));
+	}
+	c->last_write_us = now;
+}
+
 static void call_write(struct convai_call *c, const unsigned char *data)
 {
 	struct ast_frame f = {
@@ -805,6 +844,7 @@ static void call_write(struct convai_call *c, const unsigned char *data)
 	AST_FRAME_SET_BUFFER(&f, c->out, AST_FRIENDLY_OFFSET, c->frame_bytes);
 	f.samples = c->frame_samples;
 	ast_write(c->chan, &f);
+	call_note_write(c);
 }
 
 /* Fade the frame that would have played next to silence over FADE_MS: no click on barge-in. */
@@ -847,6 +887,8 @@ static int call_on_interruption(struct convai_call *c, uint32_t below)
 	}
 	c->playing = 0;
 	c->prebuffer_ticks = 0;
+	convai_hist_add(c->sess, CONVAI_HIST_BARGE_IN,
+		convai_now_us() - (uint32_t) convai_stat_get(c->sess, CONVAI_STAT_INTERRUPT_STAMP));
 	if (s && s->event_id < below) {
 		call_write_fade(c, s->data, s->len);
 	} else {
@@ -875,6 +917,10 @@ static void call_play_one(struct convai_call *c)
 		}
 		c->playing = 1;
 		c->prebuffer_ticks = 0;
+		if (s->stamp && s->event_id != c->last_played_id) {
+			/* Measured at the write below, give or take the memcpy. */
+			convai_hist_add(c->sess, CONVAI_HIST_FIRST_FRAME, convai_now_us() - s->stamp);
+		}
 	}
 	if (!s) {
 		/* Dry. With audio still waiting in Python's backlog this is a real underrun. */
@@ -927,6 +973,7 @@ static void call_on_voice(struct convai_call *c, struct ast_frame *f)
 	const unsigned char *p = f->data.ptr;
 	uint32_t left = f->datalen;
 	uint32_t pushed = 0;
+	uint32_t now = convai_now_us();
 
 	if (!c->started || c->draining || ast_format_cmp(f->subclass.format, c->read_fmt)
 		!= AST_FORMAT_CMP_EQUAL) {
@@ -935,7 +982,7 @@ static void call_on_voice(struct convai_call *c, struct ast_frame *f)
 	while (left) {
 		uint32_t n = MIN(left, c->up_frame_bytes);
 
-		if (convai_ring_push(c->sess->up, 0, p, n)) {
+		if (convai_ring_push_stamped(c->sess->up, 0, now, p, n)) {
 			convai_stat_add(c->sess, CONVAI_STAT_UP_OVERFLOWS, 1);
 			break;
 		}
@@ -1093,6 +1140,65 @@ static void session_fill(struct convai_session *s, struct ast_channel *chan,
 	session_fill_extra(s, chan, a);
 }
 
+/* "P50Us: 12\r\nP99Us: 85\r\nMaxUs: 240\r\nCount: n\r\nHist: bucket:count,..." for one histogram */
+static void hist_summary(struct ast_str **out, const char *name, const uint32_t *h)
+{
+	uint64_t n = 0, seen = 0;
+	uint64_t p50 = 0, p99 = 0, max = 0;
+	int b;
+
+	for (b = 0; b < CONVAI_HIST_BUCKETS; b++) {
+		n += h[b];
+	}
+	ast_str_append(out, 0, "%sHist: ", name);
+	for (b = 0; b < CONVAI_HIST_BUCKETS; b++) {
+		if (!h[b]) {
+			continue;
+		}
+		ast_str_append(out, 0, "%s%d:%u", seen ? "," : "", b, h[b]);
+		seen += h[b];
+		if (!p50 && seen * 2 >= n) {
+			p50 = convai_hist_upper(b);
+		}
+		if (!p99 && seen * 100 >= n * 99) {
+			p99 = convai_hist_upper(b);
+		}
+		max = convai_hist_upper(b);
+	}
+	ast_str_append(out, 0, "\r\n%sCount: %" PRIu64 "\r\n%sP50Us: %" PRIu64 "\r\n"
+		"%sP99Us: %" PRIu64 "\r\n%sMaxUs: %" PRIu64 "\r\n", name, n, name, p50, name, p99,
+		name, max);
+}
+
+/* Per-call media statistics, for monitoring and the benchmark (bench/). */
+static void call_emit_stats(struct convai_call *c)
+{
+	RAII_VAR(struct ast_str *, body, ast_str_create(2048), ast_free);
+	struct convai_session *s = c->sess;
+	static const char *names[CONVAI_HIST_MAX] = {
+		[CONVAI_HIST_PLAYOUT] = "Playout", [CONVAI_HIST_FIRST_FRAME] = "FirstFrame",
+		[CONVAI_HIST_BARGE_IN] = "BargeIn", [CONVAI_HIST_UPLINK] = "Uplink",
+	};
+	int i;
+
+	if (!body) {
+		return;
+	}
+	ast_str_append(&body, 0, "FramesPlayed: %" PRIu64 "\r\nUnderruns: %" PRIu64 "\r\n"
+		"LateTicks: %" PRIu64 "\r\nFramesUp: %" PRIu64 "\r\nUpOverflows: %" PRIu64 "\r\n"
+		"FramesDropped: %" PRIu64 "\r\nInterruptions: %" PRIu64 "\r\nBytesUp: %" PRIu64 "\r\n"
+		"BytesDown: %" PRIu64 "\r\n",
+		convai_stat_get(s, CONVAI_STAT_FRAMES_PLAYED), convai_stat_get(s, CONVAI_STAT_UNDERRUNS),
+		convai_stat_get(s, CONVAI_STAT_LATE_TICKS), convai_stat_get(s, CONVAI_STAT_FRAMES_UP),
+		convai_stat_get(s, CONVAI_STAT_UP_OVERFLOWS), convai_ring_skipped(s->down),
+		convai_stat_get(s, CONVAI_STAT_INTERRUPTIONS), convai_stat_get(s, CONVAI_STAT_BYTES_UP),
+		convai_stat_get(s, CONVAI_STAT_BYTES_DOWN));
+	for (i = 0; i < CONVAI_HIST_MAX; i++) {
+		hist_summary(&body, names[i], s->hist[i]);
+	}
+	call_emit_event(c, "ElevenLabsConvAIStats", ast_str_buffer(body));
+}
+
 static void call_set_result(struct convai_call *c)
 {
 	char duration[32];
@@ -1104,6 +1210,7 @@ static void call_set_result(struct convai_call *c)
 	snprintf(duration, sizeof(duration), "%.3f", ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0);
 	snprintf(body, sizeof(body), "Status: %s\r\nReason: %s\r\nDuration: %s\r\n",
 		status_names[c->status], c->reason, duration);
+	call_emit_stats(c);
 	call_emit_event(c, "ElevenLabsConvAIEnd", body);
 	if (c->status == CALL_FAILED) {
 		ast_log(LOG_WARNING, "%s: conversation %s with agent [%s] failed: %s after %s s\n",

@@ -30,6 +30,8 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 struct convai_slot {
 	uint32_t event_id;
 	uint32_t len;
+	uint32_t stamp;          /* producer's CLOCK_MONOTONIC in µs (wraps; only differences count) */
+	uint32_t reserved;
 	unsigned char data[];
 };
 
@@ -81,8 +83,11 @@ static inline struct convai_slot *convai_ring_slot(struct convai_ring *r, uint32
 	return (struct convai_slot *) (r->mem + (size_t)(idx & (r->nslots - 1)) * r->stride);
 }
 
-/*! \brief Producer: queue one slot. Returns 0, -1 when full, -2 when \a len is too big. */
-static inline int convai_ring_push(struct convai_ring *r, uint32_t event_id,
+/*!
+ * \brief Producer: queue one slot stamped with \a stamp.
+ * \retval 0 queued, -1 full, -2 \a len is too big
+ */
+static inline int convai_ring_push_stamped(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
 	const void *data, uint32_t len)
 {
 	uint32_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -100,11 +105,19 @@ static inline int convai_ring_push(struct convai_ring *r, uint32_t event_id,
 	s = convai_ring_slot(r, t);
 	s->event_id = event_id;
 	s->len = len;
+	s->stamp = stamp;
 	if (len) {
 		memcpy(s->data, data, len);
 	}
 	atomic_store_explicit(&r->tail, t + 1, memory_order_release);
 	return 0;
+}
+
+/*! \brief Producer: queue one unstamped slot (see convai_ring_push_stamped()). */
+static inline int convai_ring_push(struct convai_ring *r, uint32_t event_id,
+	const void *data, uint32_t len)
+{
+	return convai_ring_push_stamped(r, event_id, 0, data, len);
 }
 
 /*! \brief Producer: from now on the consumer drops every slot whose event id is below \a id. */
@@ -198,10 +211,11 @@ static inline int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, voi
 
 /*!
  * \brief Consumer: take up to \a max_slots slots and concatenate their payloads into \a out.
+ * \param last_stamp if not NULL, receives the stamp of the last slot taken
  * \return bytes written; stops early when the next payload would not fit.
  */
 static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap,
-	uint32_t max_slots)
+	uint32_t max_slots, uint32_t *last_stamp)
 {
 	uint32_t used = 0;
 	struct convai_slot *s;
@@ -209,6 +223,9 @@ static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, ui
 	while (max_slots-- && (s = convai_ring_peek(r)) && used + s->len <= cap) {
 		memcpy((unsigned char *) out + used, s->data, s->len);
 		used += s->len;
+		if (last_stamp) {
+			*last_stamp = s->stamp;
+		}
 		convai_ring_advance(r);
 	}
 	return used;

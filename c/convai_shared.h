@@ -14,6 +14,8 @@
 #ifndef CONVAI_SHARED_H
 #define CONVAI_SHARED_H
 
+#include <time.h>
+
 #include "convai_ring.h"
 
 /* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
@@ -58,8 +60,45 @@ enum convai_stat {
 	CONVAI_STAT_LATE_TICKS,          /* C: timer expirations beyond one per wake-up */
 	CONVAI_STAT_FRAMES_UP,           /* C: caller frames queued */
 	CONVAI_STAT_UP_OVERFLOWS,        /* C: caller frames lost because Python fell behind */
+	CONVAI_STAT_INTERRUPT_STAMP,     /* Python: µs stamp of the last interruption's arrival */
 	CONVAI_STAT_MAX
 };
+
+/*
+ * Latency histograms, in µs, each with exactly one writer. Buckets: 10 µs wide below 1 ms,
+ * 250 µs wide below 20 ms, 5 ms wide below 200 ms, then one overflow bucket.
+ */
+enum convai_hist {
+	CONVAI_HIST_PLAYOUT = 0,   /* C: |interval between agent-audio writes - 20 ms| */
+	CONVAI_HIST_FIRST_FRAME,   /* C: agent audio received by Python -> its first frame written */
+	CONVAI_HIST_BARGE_IN,      /* C: interruption received by Python -> audio cut */
+	CONVAI_HIST_UPLINK,        /* Python: caller chunk complete in the ring -> handed to the session */
+	CONVAI_HIST_MAX
+};
+#define CONVAI_HIST_BUCKETS 213
+
+static inline int convai_hist_bucket(uint64_t us)
+{
+	if (us < 1000) {
+		return (int) (us / 10);
+	} else if (us < 20000) {
+		return 100 + (int) ((us - 1000) / 250);
+	} else if (us < 200000) {
+		return 176 + (int) ((us - 20000) / 5000);
+	}
+	return CONVAI_HIST_BUCKETS - 1;
+}
+
+/*! \brief The upper edge of a bucket, in µs (the overflow bucket reports 200 ms). */
+static inline uint64_t convai_hist_upper(int b)
+{
+	if (b < 100) {
+		return (uint64_t) (b + 1) * 10;
+	} else if (b < 176) {
+		return 1000 + (uint64_t) (b - 99) * 250;
+	}
+	return 20000 + (uint64_t) (b - 175) * 5000;
+}
 
 /* Formats the app thread can run the channel in, as the agent's metadata asks. */
 enum convai_format {
@@ -92,6 +131,7 @@ struct convai_session {
 	char exten[80];
 	char extra_json[2048];     /* optional JSON: dynamic_variables, overrides */
 	_Atomic uint64_t stats[CONVAI_STAT_MAX];
+	uint32_t hist[CONVAI_HIST_MAX][CONVAI_HIST_BUCKETS];
 	struct convai_ring *up;    /* caller audio: C produces, Python consumes */
 	struct convai_ring *down;  /* agent audio: Python produces, C consumes */
 	struct convai_ring *to_c;  /* commands: Python produces, C consumes */
@@ -135,6 +175,21 @@ static inline void convai_stat_set(struct convai_session *s, int i, uint64_t v)
 static inline void convai_stat_add(struct convai_session *s, int i, uint64_t v)
 {
 	atomic_fetch_add_explicit(&s->stats[i], v, memory_order_relaxed);
+}
+
+/* The stamp both sides put on ring slots: CLOCK_MONOTONIC in µs, truncated to 32 bits. */
+static inline uint32_t convai_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint32_t) ((uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u);
+}
+
+/* Single writer per histogram; readers see a consistent-enough snapshot for reporting. */
+static inline void convai_hist_add(struct convai_session *s, int h, uint32_t us)
+{
+	s->hist[h][convai_hist_bucket(us)]++;
 }
 
 static inline int convai_host_debug(struct convai_host *h)

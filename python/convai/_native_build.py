@@ -26,7 +26,9 @@ static const int CONVAI_CMD_STARTED, CONVAI_CMD_END, CONVAI_CMD_EVENT, CONVAI_CM
 static const int CONVAI_STAT_BYTES_UP, CONVAI_STAT_BYTES_DOWN, CONVAI_STAT_LAST_EVENT_ID,
     CONVAI_STAT_INTERRUPTIONS, CONVAI_STAT_PING_RTT_US, CONVAI_STAT_BACKLOG_FRAMES,
     CONVAI_STAT_FRAMES_PLAYED, CONVAI_STAT_UNDERRUNS, CONVAI_STAT_LATE_TICKS,
-    CONVAI_STAT_FRAMES_UP, CONVAI_STAT_UP_OVERFLOWS, CONVAI_STAT_MAX;
+    CONVAI_STAT_FRAMES_UP, CONVAI_STAT_UP_OVERFLOWS, CONVAI_STAT_INTERRUPT_STAMP, CONVAI_STAT_MAX;
+static const int CONVAI_HIST_PLAYOUT, CONVAI_HIST_FIRST_FRAME, CONVAI_HIST_BARGE_IN,
+    CONVAI_HIST_UPLINK, CONVAI_HIST_MAX, CONVAI_HIST_BUCKETS;
 static const int CONVAI_LOG_DEBUG, CONVAI_LOG_NOTICE, CONVAI_LOG_WARNING, CONVAI_LOG_ERROR,
     CONVAI_LOG_VERBOSE;
 
@@ -72,17 +74,24 @@ struct convai_host {
 size_t convai_ring_size(uint32_t nslots, uint32_t slot_bytes);
 int convai_ring_init(struct convai_ring *r, uint32_t nslots, uint32_t slot_bytes);
 int convai_ring_push(struct convai_ring *r, uint32_t event_id, const void *data, uint32_t len);
+int convai_ring_push_stamped(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
+    const void *data, uint32_t len);
 void convai_ring_drop_below(struct convai_ring *r, uint32_t id);
 uint32_t convai_ring_space(struct convai_ring *r);
 uint32_t convai_ring_count(struct convai_ring *r);
 int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, void *out, uint32_t cap);
-uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap, uint32_t max_slots);
+uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap, uint32_t max_slots,
+    uint32_t *last_stamp);
 uint64_t convai_ring_skipped(struct convai_ring *r);
 
 uint64_t convai_stat_get(struct convai_session *s, int i);
 void convai_stat_set(struct convai_session *s, int i, uint64_t v);
 void convai_stat_add(struct convai_session *s, int i, uint64_t v);
 int convai_host_debug(struct convai_host *h);
+uint32_t convai_now_us(void);
+void convai_hist_add(struct convai_session *s, int h, uint32_t us);
+int convai_hist_bucket(uint64_t us);
+uint64_t convai_hist_upper(int b);
 int convai_host_stopping(struct convai_host *h);
 """
 

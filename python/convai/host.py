@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from convai import protocol
+from convai.playout import Framer
 from convai.session import AgentConfig, CallInfo, Session, SessionResult, Started
 
 from ._native import ffi, lib  # type: ignore[import-not-found]
@@ -154,45 +155,6 @@ def call_info_from(sess: Any) -> CallInfo:
     )
 
 
-class Framer:
-    """Cuts agent audio of any length into exact frames, one event id per frame.
-
-    Pure bookkeeping, so it is tested apart: audio of a new event id first pads and emits
-    what is left of the previous one, so no frame ever mixes two turns.
-    """
-
-    def __init__(self, frame_bytes: int, silence_byte: int) -> None:
-        self.frame_bytes = frame_bytes
-        self._silence = bytes([silence_byte]) * frame_bytes
-        self._tail = b""
-        self._tail_id = 0
-
-    def feed(self, event_id: int, audio: bytes) -> list[tuple[int, bytes]]:
-        out = self.flush() if self._tail and event_id != self._tail_id else []
-        data = self._tail + audio
-        self._tail_id = event_id
-        n = len(data) - len(data) % self.frame_bytes
-        out.extend((event_id, data[i : i + self.frame_bytes]) for i in range(0, n, self.frame_bytes))
-        self._tail = data[n:]
-        return out
-
-    def flush(self) -> list[tuple[int, bytes]]:
-        """Pad the partial frame left over, if any, with silence."""
-        if not self._tail:
-            return []
-        frame = self._tail + self._silence[len(self._tail) :]
-        self._tail = b""
-        return [(self._tail_id, frame)]
-
-    def drop_below(self, event_id: int) -> None:
-        if self._tail and self._tail_id < event_id:
-            self._tail = b""
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._tail)
-
-
 class CallBridge:
     """One call: the C session on one side, the ConvAI session on the other."""
 
@@ -204,7 +166,7 @@ class CallBridge:
         self.config = agent_config_from(sess)
         self.session = Session(self.config, call_info_from(sess), self, log=log)
         self.framer: Framer | None = None
-        self.backlog: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
         # (event id, cumulative frame count after the chunk): what is still queued in C.
         self.queued: collections.deque[tuple[int, int]] = collections.deque()
         self.frames_pushed = 0
@@ -214,6 +176,7 @@ class CallBridge:
         self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * lib.CONVAI_UP_SLOTS)
         self._cmd_buf = ffi.new("uint8_t[]", lib.CONVAI_CMD_BYTES)
         self._cmd_type = ffi.new("uint32_t *")
+        self._stamp = ffi.new("uint32_t *")
         self._tail_timer: asyncio.TimerHandle | None = None
         self._top_up: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -261,7 +224,10 @@ class CallBridge:
                 self.c_gone = True
                 self.session.hangup()
         n = lib.convai_ring_pop_many(self.sess.up, self._up_buf, len(self._up_buf),
-                                     lib.CONVAI_UP_SLOTS)
+                                     lib.CONVAI_UP_SLOTS, self._stamp)
+        if n:
+            lib.convai_hist_add(self.sess, lib.CONVAI_HIST_UPLINK,
+                                (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF)
         if n and not self.c_gone:
             self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
             lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
@@ -270,15 +236,17 @@ class CallBridge:
     def _push(self, frames: list[tuple[int, bytes]]) -> None:
         if not frames:
             return
-        self.backlog.extend(frames)
+        # Stamped with their arrival, so C can measure arrival -> first frame written.
+        stamp = lib.convai_now_us()
+        self.backlog.extend((ev, stamp, frame) for ev, frame in frames)
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:
         ring = self.sess.down
         chunk_id, count = -1, 0
         while self.backlog:
-            event_id, frame = self.backlog[0]
-            if lib.convai_ring_push(ring, event_id, frame, len(frame)) != 0:
+            event_id, stamp, frame = self.backlog[0]
+            if lib.convai_ring_push_stamped(ring, event_id, stamp, frame, len(frame)) != 0:
                 break
             self.backlog.popleft()
             self.frames_pushed += 1
@@ -332,12 +300,14 @@ class CallBridge:
 
     def on_interruption(self, event_id: int) -> None:
         self.interrupt_id = max(self.interrupt_id, event_id)
+        # The stamp first: the watermark's release store publishes it to the app thread.
+        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPT_STAMP, lib.convai_now_us())
         lib.convai_ring_drop_below(self.sess.down, event_id)
         consumed = self._consumed()
         while self.queued and self.queued[0][1] <= consumed:
             self.queued.popleft()
         removed = [ev for ev, _ in self.queued if ev < event_id]
-        removed += sorted({ev for ev, _ in self.backlog if ev < event_id})
+        removed += sorted({ev for ev, _, _ in self.backlog if ev < event_id})
         self.backlog = collections.deque(f for f in self.backlog if f[0] >= event_id)
         if self.framer:
             self.framer.drop_below(event_id)

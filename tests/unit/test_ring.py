@@ -82,11 +82,13 @@ def test_watermark_never_moves_back() -> None:
 def test_pop_many_concatenates_up_to_capacity() -> None:
     _mem, ring = make_ring(slots=8, slot_bytes=4)
     for i in range(5):
-        lib.convai_ring_push(ring, 0, bytes([i]) * 4, 4)
+        lib.convai_ring_push_stamped(ring, 0, 100 + i, bytes([i]) * 4, 4)
     buf = ffi.new("uint8_t[]", 10)
-    n = lib.convai_ring_pop_many(ring, buf, 10, 8)
+    stamp = ffi.new("uint32_t *")
+    n = lib.convai_ring_pop_many(ring, buf, 10, 8, stamp)
     assert bytes(ffi.buffer(buf, n)) == b"\0" * 4 + b"\1" * 4   # a third would not fit
     assert lib.convai_ring_count(ring) == 3
+    assert stamp[0] == 101   # the last slot taken
 
 
 def test_wraparound_keeps_order() -> None:
@@ -114,3 +116,13 @@ def test_two_thread_stress_ten_million_frames(tmp_path: Path) -> None:
     assert report["popped"] + report["skipped"] == report["frames"]
     assert report["wrongly_dropped"] == 0
     assert report["skipped"] > 0   # the watermark really was exercised
+
+
+def test_histogram_buckets_are_monotonic_and_cover_their_values() -> None:
+    prev = -1
+    for us in list(range(0, 2000, 7)) + list(range(2000, 250000, 997)):
+        b = lib.convai_hist_bucket(us)
+        assert b >= prev
+        prev = b
+        assert us < lib.convai_hist_upper(b) or b == lib.CONVAI_HIST_BUCKETS - 1
+        assert b == 0 or us >= lib.convai_hist_upper(b - 1)

@@ -1,0 +1,59 @@
+"""Framer: agent audio of any length in, exact frames out, never mixing two turns."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from convai.playout import Framer
+
+
+def test_exact_frames_and_tail() -> None:
+    f = Framer(frame_bytes=4, silence_byte=0xFF)
+    assert f.feed(1, b"abcdefghij") == [(1, b"abcd"), (1, b"efgh")]
+    assert f.pending
+    assert f.feed(1, b"kl") == [(1, b"ijkl")]
+    assert not f.pending
+
+
+def test_new_event_id_pads_the_previous_tail() -> None:
+    f = Framer(frame_bytes=4, silence_byte=0xFF)
+    assert f.feed(1, b"abcdef") == [(1, b"abcd")]
+    assert f.feed(2, b"wxyz") == [(1, b"ef\xff\xff"), (2, b"wxyz")]
+
+
+def test_flush_pads_with_the_formats_silence() -> None:
+    f = Framer(frame_bytes=4, silence_byte=0)
+    f.feed(3, b"a")
+    assert f.flush() == [(3, b"a\0\0\0")]
+    assert f.flush() == []
+
+
+def test_drop_below_discards_a_stale_tail_only() -> None:
+    f = Framer(frame_bytes=4, silence_byte=0)
+    f.feed(3, b"ab")
+    f.drop_below(3)
+    assert f.pending   # equal id is not stale
+    f.drop_below(4)
+    assert not f.pending
+
+
+@given(st.lists(st.tuples(st.integers(1, 4), st.binary(max_size=50)), max_size=30))
+def test_no_byte_lost_or_mixed(chunks: list[tuple[int, bytes]]) -> None:
+    f = Framer(frame_bytes=8, silence_byte=0xAA)
+    out = [fr for ev, data in chunks for fr in f.feed(ev, data)] + f.flush()
+    assert all(len(frame) == 8 for _, frame in out)
+    # Regroup by runs of equal ids: every run's bytes come out in order, padded at its end.
+    runs: list[tuple[int, bytes]] = []
+    for ev, data in chunks:
+        if runs and runs[-1][0] == ev:
+            runs[-1] = (ev, runs[-1][1] + data)
+        else:
+            runs.append((ev, data))
+    expected = []
+    for ev, data in runs:
+        if not data:
+            continue
+        padded = data + b"\xaa" * (-len(data) % 8)
+        expected += [(ev, padded[i:i + 8]) for i in range(0, len(padded), 8)]
+    assert out == expected
