@@ -198,6 +198,7 @@
 #define PREBUFFER_FRAMES 3       /* 60 ms, absorbed at once when a chunk arrives */
 #define CATCHUP_MAX 3            /* frames written for one wake-up after a stall */
 #define FADE_MS 8
+#define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
 /* --- configuration snapshot ------------------------------------------------------------- */
 
@@ -653,6 +654,7 @@ struct convai_call {
 	uint32_t seen_below;
 	uint32_t last_played_id;
 	uint32_t last_write_us;
+	int up_deficit;             /* 20 ms ticks minus caller frames received */
 	AST_LIST_ENTRY(convai_call) list;
 	unsigned char silence[CONVAI_FRAME_MAX];
 	unsigned char out[AST_FRIENDLY_OFFSET + CONVAI_FRAME_MAX];
@@ -946,6 +948,28 @@ static void call_play_one(struct convai_call *c)
 	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_PLAYED, 1);
 }
 
+static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t len, uint32_t now);
+
+/*
+ * The agent's VAD, barge-in and receive timeout need a continuous stream, but a channel may
+ * deliver nothing for a while (a Local channel running Wait(), DTX, hold). When the caller's
+ * frames lag the 20 ms clock by more than a little, send silence for the gap.
+ */
+static void call_fill_uplink(struct convai_call *c, uint64_t ticks)
+{
+	uint32_t now = convai_now_us();
+	unsigned char silence[CONVAI_FRAME_MAX];
+
+	c->up_deficit += (int) MIN(ticks, 50u);
+	if (c->up_deficit <= UP_SLACK_FRAMES || c->draining) {
+		return;
+	}
+	memset(silence, c->read_fmt == ast_format_ulaw ? 0xff : 0, c->up_frame_bytes);
+	while (c->up_deficit > UP_SLACK_FRAMES) {
+		call_push_up(c, silence, c->up_frame_bytes, now);
+	}
+}
+
 static void call_on_tick(struct convai_call *c)
 {
 	uint64_t expirations = 0;
@@ -956,6 +980,7 @@ static void call_on_tick(struct convai_call *c)
 	if (expirations > 1) {
 		convai_stat_add(c->sess, CONVAI_STAT_LATE_TICKS, expirations - 1);
 	}
+	call_fill_uplink(c, expirations);
 	/* Catch up after a stall, but never burst more than a few frames at once. */
 	for (expirations = MIN(expirations, CATCHUP_MAX); expirations; expirations--) {
 		call_play_one(c);
@@ -968,34 +993,39 @@ static void call_on_tick(struct convai_call *c)
 
 /* --- media: caller audio up ------------------------------------------------------------------ */
 
-static void call_on_voice(struct convai_call *c, struct ast_frame *f)
+/* Queue caller audio for Python, split into 20 ms slots; wake Python once per chunk. */
+static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t len, uint32_t now)
 {
-	const unsigned char *p = f->data.ptr;
-	uint32_t left = f->datalen;
 	uint32_t pushed = 0;
-	uint32_t now = convai_now_us();
+	int ticks = MAX(1, (int) ((len + c->up_frame_bytes / 2) / c->up_frame_bytes));
 
-	if (!c->started || c->draining || ast_format_cmp(f->subclass.format, c->read_fmt)
-		!= AST_FORMAT_CMP_EQUAL) {
-		return;
-	}
-	while (left) {
-		uint32_t n = MIN(left, c->up_frame_bytes);
+	while (len) {
+		uint32_t n = MIN(len, c->up_frame_bytes);
 
 		if (convai_ring_push_stamped(c->sess->up, 0, now, p, n)) {
 			convai_stat_add(c->sess, CONVAI_STAT_UP_OVERFLOWS, 1);
 			break;
 		}
 		p += n;
-		left -= n;
+		len -= n;
 		pushed++;
 	}
+	/* Counted even when the ring is full, so the silence fill can never spin. */
+	c->up_deficit = MAX(c->up_deficit - ticks, -UP_SLACK_FRAMES);
 	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_UP, pushed);
-	/* Wake Python once per chunk, not once per frame. */
 	if (atomic_fetch_add(&c->sess->up_unsignalled, pushed) + pushed >= c->sess->up_batch_frames) {
 		atomic_store(&c->sess->up_unsignalled, 0);
 		eventfd_write(c->sess->up_efd, 1);
 	}
+}
+
+static void call_on_voice(struct convai_call *c, struct ast_frame *f)
+{
+	if (!c->started || c->draining || ast_format_cmp(f->subclass.format, c->read_fmt)
+		!= AST_FORMAT_CMP_EQUAL) {
+		return;
+	}
+	call_push_up(c, f->data.ptr, f->datalen, convai_now_us());
 }
 
 static void call_on_dtmf(struct convai_call *c, struct ast_frame *f)
