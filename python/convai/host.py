@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import json
 import logging
@@ -76,7 +77,7 @@ class AsteriskLogHandler(logging.Handler):
             for line in text.splitlines() or [""]:
                 self._host.log(
                     level,
-                    record.pathname.encode(errors="replace"),
+                    _short_path(record.pathname).encode(errors="replace"),
                     record.lineno,
                     record.funcName.encode(errors="replace"),
                     callid,
@@ -84,6 +85,12 @@ class AsteriskLogHandler(logging.Handler):
                 )
         except Exception:  # a log line must never take the runtime down
             self.handleError(record)
+
+
+def _short_path(path: str) -> str:
+    """'convai/session.py' rather than wherever the package happens to be installed."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[-2:]) if len(parts) > 1 else path
 
 
 class _LogWriter:
@@ -113,10 +120,8 @@ def _cstr(field: Any) -> str:
 
 
 def _eventfd_drain(fd: int) -> None:
-    try:
+    with contextlib.suppress(BlockingIOError):
         os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
 
 
 def agent_config_from(sess: Any) -> AgentConfig:
@@ -127,7 +132,9 @@ def agent_config_from(sess: Any) -> AgentConfig:
         try:
             extra = json.loads(raw)
         except ValueError:
-            log.warning("ignoring unreadable dynamic variables/overrides for [%s]", _cstr(sess.agent))
+            log.warning(
+                "ignoring unreadable dynamic variables/overrides for [%s]", _cstr(sess.agent)
+            )
     overrides: dict[str, Any] = {}
     if extra.get("agent"):
         overrides["agent"] = extra["agent"]
@@ -164,7 +171,14 @@ class CallBridge:
         self.callid = int(sess.callid)
         self.channel = _cstr(sess.channel)
         self.config = agent_config_from(sess)
-        self.session = Session(self.config, call_info_from(sess), self, log=log)
+        self.session = Session(
+            self.config,
+            call_info_from(sess),
+            self,
+            log=log,
+            supported_formats=SUPPORTED_FORMATS,
+            log_interruptions=False,
+        )
         self.framer: Framer | None = None
         self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
         # (event id, cumulative frame count after the chunk): what is still queued in C.
@@ -215,19 +229,26 @@ class CallBridge:
 
     def _on_up(self) -> None:
         _eventfd_drain(self.sess.up_efd)
-        while (n := lib.convai_ring_pop(self.sess.to_py, self._cmd_type, self._cmd_buf,
-                                        lib.CONVAI_CMD_BYTES)) >= 0:
+        while (
+            n := lib.convai_ring_pop(
+                self.sess.to_py, self._cmd_type, self._cmd_buf, lib.CONVAI_CMD_BYTES
+            )
+        ) >= 0:
             kind = self._cmd_type[0]
             if kind == lib.CONVAI_CMD_DTMF:
                 self.session.send_dtmf(bytes(ffi.buffer(self._cmd_buf, n)).decode())
             elif kind == lib.CONVAI_CMD_HANGUP:
                 self.c_gone = True
                 self.session.hangup()
-        n = lib.convai_ring_pop_many(self.sess.up, self._up_buf, len(self._up_buf),
-                                     lib.CONVAI_UP_SLOTS, self._stamp)
+        n = lib.convai_ring_pop_many(
+            self.sess.up, self._up_buf, len(self._up_buf), lib.CONVAI_UP_SLOTS, self._stamp
+        )
         if n:
-            lib.convai_hist_add(self.sess, lib.CONVAI_HIST_UPLINK,
-                                (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF)
+            lib.convai_hist_add(
+                self.sess,
+                lib.CONVAI_HIST_UPLINK,
+                (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF,
+            )
         if n and not self.c_gone:
             self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
             lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
@@ -269,23 +290,22 @@ class CallBridge:
             self._push(self.framer.flush())
 
     def _consumed(self) -> int:
-        return int(lib.convai_stat_get(self.sess, lib.CONVAI_STAT_FRAMES_PLAYED)
-                   + lib.convai_ring_skipped(self.sess.down))
+        return int(
+            lib.convai_stat_get(self.sess, lib.CONVAI_STAT_FRAMES_PLAYED)
+            + lib.convai_ring_skipped(self.sess.down)
+        )
 
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
-        if started.input_format not in SUPPORTED_FORMATS or started.output_format not in SUPPORTED_FORMATS:
-            log.error("%s: agent [%s] uses audio formats %s in / %s out; supported: %s",
-                      self.channel, self.config.name, started.input_format,
-                      started.output_format, ", ".join(SUPPORTED_FORMATS))
-            self._send_end("FAILED", protocol.EndReason.UNSUPPORTED_FORMAT.value,
-                           "unsupported audio format")
-            self.session.hangup()
-            return
-        self.framer = Framer(protocol.frame_bytes(started.output_format),
-                             0xFF if started.output_format == "ulaw_8000" else 0)
-        self._command(lib.CONVAI_CMD_STARTED,
-                      f"{started.conversation_id}\t{started.input_format}\t{started.output_format}")
+        # The session has already refused formats outside SUPPORTED_FORMATS.
+        self.framer = Framer(
+            protocol.frame_bytes(started.output_format),
+            0xFF if started.output_format == "ulaw_8000" else 0,
+        )
+        self._command(
+            lib.CONVAI_CMD_STARTED,
+            f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
+        )
 
     def on_audio(self, event_id: int, audio: bytes) -> None:
         if self.framer is None or self.ended or event_id < self.interrupt_id:
@@ -293,8 +313,11 @@ class CallBridge:
         self._push(self.framer.feed(event_id, audio))
         if self._tail_timer:
             self._tail_timer.cancel()
-        self._tail_timer = (self.rt.loop.call_later(TAIL_FLUSH_S, self._guard, self._on_tail_timer)
-                            if self.framer.pending else None)
+        self._tail_timer = (
+            self.rt.loop.call_later(TAIL_FLUSH_S, self._guard, self._on_tail_timer)
+            if self.framer.pending
+            else None
+        )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_DOWN, self.session.bytes_down)
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, event_id)
 
@@ -317,19 +340,24 @@ class CallBridge:
         if log.isEnabledFor(logging.DEBUG):
             for line in protocol.format_interruption(event_id, removed, remaining):
                 log.debug("%s", line)
-        self._command(lib.CONVAI_CMD_EVENT, f"ElevenLabsConvAIInterruption\r\nEventID: {event_id}\r\n")
+        self._command(
+            lib.CONVAI_CMD_EVENT, f"ElevenLabsConvAIInterruption\r\nEventID: {event_id}\r\n"
+        )
 
     def on_event(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.AgentResponseComplete) and self.framer:
             self._push(self.framer.flush())
         elif isinstance(event, protocol.Ping) and self.session.ping_rtt_ms is not None:
-            lib.convai_stat_set(self.sess, lib.CONVAI_STAT_PING_RTT_US,
-                                int(self.session.ping_rtt_ms * 1000))
+            lib.convai_stat_set(
+                self.sess, lib.CONVAI_STAT_PING_RTT_US, int(self.session.ping_rtt_ms * 1000)
+            )
         elif isinstance(event, protocol.ClientToolCall):
             params = json.dumps(event.parameters, separators=(",", ":"))[:600]
-            self._command(lib.CONVAI_CMD_EVENT,
-                          f"ElevenLabsConvAIToolCall\r\nToolName: {event.tool_name}\r\n"
-                          f"ToolCallID: {event.tool_call_id}\r\nParameters: {params}\r\n")
+            self._command(
+                lib.CONVAI_CMD_EVENT,
+                f"ElevenLabsConvAIToolCall\r\nToolName: {event.tool_name}\r\n"
+                f"ToolCallID: {event.tool_call_id}\r\nParameters: {params}\r\n",
+            )
 
     # --- lifetime -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -406,15 +434,18 @@ class Runtime:
     async def _shutdown(self) -> None:
         tasks = [b.task for b in self.bridges if b.task]
         for bridge in list(self.bridges):
-            bridge.session.hangup()
+            bridge.session.shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self.loop.stop()
 
     def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        log.error("unhandled error in the asyncio loop: %s", context.get("message", ""),
-                  exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
+        log.error(
+            "unhandled error in the asyncio loop: %s",
+            context.get("message", ""),
+            exc_info=(type(exc), exc, exc.__traceback__) if exc else None,
+        )
 
 
 def _apply_debug(host: Any) -> None:
@@ -427,14 +458,15 @@ def boot(address: int) -> None:
     host = ffi.cast("struct convai_host *", address)
     if host.magic != lib.CONVAI_HOST_MAGIC or host.abi_version != lib.CONVAI_ABI_VERSION:
         raise RuntimeError(
-            f"module/package mismatch: C ABI {host.abi_version}, Python ABI {lib.CONVAI_ABI_VERSION}"
+            f"module/package mismatch: C ABI {host.abi_version}, "
+            f"Python ABI {lib.CONVAI_ABI_VERSION}"
         )
     _host = host
     handler = AsteriskLogHandler(host)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)   # third-party libraries: problems only
+    root.setLevel(logging.WARNING)  # third-party libraries: problems only
     log.propagate = True
     _apply_debug(host)
     sys.stdout = _LogWriter(logging.INFO)  # type: ignore[assignment]

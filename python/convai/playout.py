@@ -24,7 +24,9 @@ class Framer:
         data = self._tail + audio
         self._tail_id = event_id
         n = len(data) - len(data) % self.frame_bytes
-        out.extend((event_id, data[i : i + self.frame_bytes]) for i in range(0, n, self.frame_bytes))
+        out.extend(
+            (event_id, data[i : i + self.frame_bytes]) for i in range(0, n, self.frame_bytes)
+        )
         self._tail = data[n:]
         return out
 

@@ -33,7 +33,7 @@ def test_drop_below_discards_a_stale_tail_only() -> None:
     f = Framer(frame_bytes=4, silence_byte=0)
     f.feed(3, b"ab")
     f.drop_below(3)
-    assert f.pending   # equal id is not stale
+    assert f.pending  # equal id is not stale
     f.drop_below(4)
     assert not f.pending
 
@@ -55,5 +55,5 @@ def test_no_byte_lost_or_mixed(chunks: list[tuple[int, bytes]]) -> None:
         if not data:
             continue
         padded = data + b"\xaa" * (-len(data) % 8)
-        expected += [(ev, padded[i:i + 8]) for i in range(0, len(padded), 8)]
+        expected += [(ev, padded[i : i + 8]) for i in range(0, len(padded), 8)]
     assert out == expected

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from native import ROOT, load
 
 native = load()
@@ -38,8 +37,13 @@ def test_fifo_order_and_full() -> None:
         assert lib.convai_ring_push(ring, i, bytes([i]) * 3, 3) == 0
     assert lib.convai_ring_push(ring, 9, b"x", 1) == -1  # full
     assert lib.convai_ring_count(ring) == 4
-    assert [pop(ring) for _ in range(5)] == [(0, b"\0" * 3), (1, b"\1" * 3), (2, b"\2" * 3),
-                                              (3, b"\3" * 3), None]
+    assert [pop(ring) for _ in range(5)] == [
+        (0, b"\0" * 3),
+        (1, b"\1" * 3),
+        (2, b"\2" * 3),
+        (3, b"\3" * 3),
+        None,
+    ]
     assert lib.convai_ring_space(ring) == 4
 
 
@@ -86,9 +90,9 @@ def test_pop_many_concatenates_up_to_capacity() -> None:
     buf = ffi.new("uint8_t[]", 10)
     stamp = ffi.new("uint32_t *")
     n = lib.convai_ring_pop_many(ring, buf, 10, 8, stamp)
-    assert bytes(ffi.buffer(buf, n)) == b"\0" * 4 + b"\1" * 4   # a third would not fit
+    assert bytes(ffi.buffer(buf, n)) == b"\0" * 4 + b"\1" * 4  # a third would not fit
     assert lib.convai_ring_count(ring) == 3
-    assert stamp[0] == 101   # the last slot taken
+    assert stamp[0] == 101  # the last slot taken
 
 
 def test_wraparound_keeps_order() -> None:
@@ -105,8 +109,19 @@ def test_wraparound_keeps_order() -> None:
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_two_thread_stress_ten_million_frames(tmp_path: Path) -> None:
     exe = tmp_path / "ring_stress"
-    subprocess.run(["cc", "-O2", "-std=gnu11", "-pthread", f"-I{ROOT / 'c'}",
-                    str(ROOT / "tests" / "c" / "ring_stress.c"), "-o", str(exe)], check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            "-std=gnu11",
+            "-pthread",
+            f"-I{ROOT / 'c'}",
+            str(ROOT / "tests" / "c" / "ring_stress.c"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
     out = subprocess.run([str(exe), "10000000"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
     report = json.loads(out.stdout)
@@ -115,7 +130,7 @@ def test_two_thread_stress_ten_million_frames(tmp_path: Path) -> None:
     assert report["frames"] == 10_000_000
     assert report["popped"] + report["skipped"] == report["frames"]
     assert report["wrongly_dropped"] == 0
-    assert report["skipped"] > 0   # the watermark really was exercised
+    assert report["skipped"] > 0  # the watermark really was exercised
 
 
 def test_histogram_buckets_are_monotonic_and_cover_their_values() -> None:

@@ -1,0 +1,911 @@
+"""One ConvAI conversation for one call, on asyncio.
+
+:class:`Session` is the I/O around the sans-I/O core in ``protocol.py``: it fetches the
+signed URL (aiohttp), opens the WebSocket (websockets), sends
+``conversation_initiation_client_data``, answers pings, chunks caller audio, runs client
+tools and reports why the conversation ended. The host (``host.py``) gets the agent's
+audio and events through a :class:`SessionHandler`; every callback runs on the loop.
+
+Choices that are ours, not the protocol's:
+
+* Dynamic variables: the agent section's variables, plus, when
+  ``elevenlabs_send_caller_number=true``, ``caller_number`` and ``caller_id``, both the
+  caller's number. ``caller_number`` is the name ElevenLabs' own examples use;
+  ``caller_id`` is for agents written for the original module, whose README describes the
+  option as sending the "caller ID" without naming the variable, so we send both. A withheld
+  number is sent as ``"unknown"``: a variable the prompt requires but we omit makes the
+  server refuse the call (``missing_dynamic_variable``, close 1008). A known number also
+  goes in ``user_id``, so ElevenLabs' analytics group calls by caller. Nothing else about
+  the call is sent (not the channel name, an Asterisk internal, nor the dialled number,
+  which the option does not cover). ``system__*`` names are reserved by the server: a
+  configured one is dropped with a warning.
+* Caller audio fed before the metadata is kept (newest 1 s) and sent once the
+  conversation starts, so the caller can barge into the greeting at once.
+* Caller audio queued behind a stalled socket is capped at 2 s; older chunks are dropped.
+* DTMF: the protocol has no keypad message. Digits go to the agent as a ``user_message``
+  ("The caller pressed "12#" on the phone keypad."), because that starts a turn: the caller
+  pressing a key is the caller speaking (IVR menus, "press 1 to confirm"), while a
+  ``contextual_update`` would only sit in the context until the caller next spoke. Digits
+  typed in quick succession are collected into one message (like ElevenLabs' own
+  ``dtmf_input_timeout``/``hash_terminator``): sent after ``dtmf_interdigit_timeout``
+  seconds without a key, or at once on ``#``.
+* Stats: ``bytes_up``/``bytes_down`` count raw audio bytes (not base64 or JSON).
+* Secrets: the API key and the signed URL's query string are replaced by ``<redacted>`` in
+  every log line and result detail; websockets' own logger (which would print the request
+  line with the signature at DEBUG) is capped at WARNING; redirects from the signed-URL
+  endpoint are not followed, so the ``xi-api-key`` header never goes to another host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime
+import json
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import aiohttp
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from . import __version__, protocol
+from .protocol import (
+    AUDIO_FORMATS,
+    RESERVED_VARIABLE_PREFIX,
+    AgentToolResponse,
+    Audio,
+    ClientProtocol,
+    ClientToolCall,
+    ConversationInitiationMetadata,
+    EndReason,
+    ErrorEvent,
+    Event,
+    Interruption,
+    MalformedMessage,
+    Ping,
+    StaleAudio,
+    UnknownMessage,
+    VadScore,
+)
+from .tools import ToolOutcome, ToolRegistry
+
+__all__ = [
+    "AgentConfig",
+    "CallInfo",
+    "Session",
+    "SessionHandler",
+    "SessionResult",
+    "Started",
+    "redact_url",
+]
+
+T = TypeVar("T")
+
+CLOSE_TIMEOUT: Final = 2.0  # hangup must be prompt even if the server never answers the close
+PRESTART_MS: Final = 1000  # caller audio kept while waiting for the metadata
+PRESTART_MAX_BYTES: Final = 96_000  # 1 s of the widest format, before we know the real one
+UP_BACKLOG_MS: Final = 2000  # caller audio queued for a stalled socket before dropping
+# Query parameters of a signed URL that are not secret (everything else is redacted).
+_PUBLIC_PARAMS: Final = frozenset({"agent_id", "source", "version", "environment", "branch_id"})
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+REDACTED: Final = "<redacted>"
+USER_AGENT: Final = f"app_elevenlabs_convai/{__version__}"
+
+_WS_LOG = logging.getLogger("convai.websockets")
+_WS_LOG.setLevel(logging.WARNING)  # its DEBUG lines carry the signed request line
+
+STATUS_COMPLETED: Final = "COMPLETED"
+STATUS_FAILED: Final = "FAILED"
+STATUS_HANGUP: Final = "HANGUP"
+_COMPLETED_REASONS: Final = frozenset(
+    {EndReason.COMPLETED, EndReason.AGENT_ENDED_CALL, EndReason.MAX_DURATION}
+)
+
+
+def redact_key(key: str) -> str:
+    """Enough of an API key to tell two apart in a log, never enough to use it."""
+    return f"…{key[-4:]}" if len(key) >= 16 else "…"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info and with the query replaced by ``<redacted>``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+        query = REDACTED if parts.query else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return REDACTED
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One agent section of the configuration, as the host read it."""
+
+    name: str
+    api_key: str
+    signed_url_endpoint: str
+    agent_id: str
+    send_caller_number: bool = False
+    audio_frames_buffer_ms: int = 240
+    dynamic_variables: Mapping[str, str] = field(default_factory=dict)
+    overrides: Mapping[str, object] = field(default_factory=dict)
+    connect_timeout: float = 10.0  # WebSocket handshake, then again for the metadata
+    http_timeout: float = 10.0  # per signed-URL attempt
+    http_retries: int = 2  # extra attempts, on 5xx and network errors only
+    max_message_bytes: int = 16 * 1024 * 1024
+    http_retry_backoff: float = 0.5  # first retry delay, doubled each time
+    proxy: str | None = None  # HTTP(S)/SOCKS proxy for both requests; None: direct
+
+    def __repr__(self) -> str:
+        items = []
+        for f in fields(self):
+            value: object = getattr(self, f.name)
+            if f.name == "api_key":
+                value = redact_key(self.api_key)
+            items.append(f"{f.name}={value!r}")
+        return f"AgentConfig({', '.join(items)})"
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    channel: str
+    caller_number: str | None = None
+    caller_name: str | None = None
+    called_number: str | None = None
+    unique_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    conversation_id: str
+    input_format: str
+    output_format: str
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    status: str  # "COMPLETED" | "FAILED" | "HANGUP"
+    reason: EndReason
+    conversation_id: str | None
+    close_code: int | None
+    detail: str
+
+
+class SessionHandler(Protocol):
+    """What the host implements. Called on the loop; must not block."""
+
+    def on_started(self, started: Started) -> None: ...
+
+    def on_audio(self, event_id: int, audio: bytes) -> None: ...
+
+    def on_interruption(self, event_id: int) -> None: ...
+
+    def on_event(self, event: Event) -> None: ...
+
+
+class _Failure(Exception):
+    def __init__(self, reason: EndReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+_default_ssl: ssl.SSLContext | None = None
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    global _default_ssl
+    if _default_ssl is None:  # loading the CA store costs milliseconds: once per process
+        _default_ssl = ssl.create_default_context()
+    return _default_ssl
+
+
+def _http_detail(body: bytes) -> str:
+    """The ``detail`` of an ElevenLabs error body: a string, an object or a list (422)."""
+    try:
+        data: object = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", errors="replace").strip()
+        return text[:300] or "(empty body)"
+    detail = data.get("detail", data) if isinstance(data, dict) else data
+    if isinstance(detail, str):
+        out = detail
+    elif isinstance(detail, dict):
+        status, message = detail.get("status"), detail.get("message")
+        out = ": ".join(str(x) for x in (status, message) if x) or json.dumps(detail)
+    elif isinstance(detail, list):
+        msgs = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(x) for x in item.get("loc", []) or [])
+                msgs.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", item)))
+            else:
+                msgs.append(str(item))
+        out = "; ".join(msgs)
+    else:
+        out = json.dumps(detail)
+    return out[:300]
+
+
+class Session:
+    """One conversation. Create it, ``await run()``, feed audio; all on one loop."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        call: CallInfo,
+        handler: SessionHandler,
+        *,
+        tools: ToolRegistry | None = None,
+        http: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        log: logging.Logger | None = None,
+        supported_formats: Collection[str] | None = None,
+        dtmf_interdigit_timeout: float = 1.0,
+        log_interruptions: bool = True,
+    ) -> None:
+        self.config = config
+        self.call = call
+        self.handler = handler
+        self.tools = tools
+        self.log = log or logging.getLogger("convai.session")
+        self._http = http
+        self._ssl = ssl_context
+        self._formats = frozenset(supported_formats or AUDIO_FORMATS)
+        self._dtmf_timeout = dtmf_interdigit_timeout
+        self._log_interruptions = log_interruptions
+        self._proto = ClientProtocol()
+        self._tag = f"{call.channel} [{config.name}]"
+        self._secrets: list[str] = [config.api_key] if len(config.api_key) >= 4 else []
+
+        # stats, readable at any time
+        self.ping_rtt_ms: float | None = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.interruptions = 0
+        self.audio_chunks_dropped = 0  # caller audio lost to a stalled socket
+        self.created_at = time.monotonic()
+        self.started_at: float | None = None  # monotonic, when the metadata arrived
+
+        self._ws: ClientConnection | None = None
+        self._ws_closed = False
+        self._started = False
+        self._done = False
+        self._stop_reason: EndReason | None = None
+        self._stop_evt = asyncio.Event()
+        self._fatal: _Failure | None = None
+        self._ctl: collections.deque[str] = collections.deque()
+        self._up: collections.deque[tuple[str, int]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._prestart = bytearray()
+        self._up_buf = bytearray()
+        self._chunk_bytes = 0
+        self._up_backlog = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dtmf: list[str] = []
+        self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._since_interrupt: collections.deque[int] = collections.deque(maxlen=512)
+        self._warned_early_audio = False
+
+    # ------------------------------------------------------------------ stats
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self._proto.conversation_id
+
+    @property
+    def last_event_id(self) -> int:
+        return self._proto.last_event_id
+
+    @property
+    def last_interrupt_id(self) -> int:
+        return self._proto.last_interrupt_id
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    # ------------------------------------------------------------------ host API
+
+    def feed_caller_audio(self, data: bytes) -> None:
+        """Caller audio in the agent's input format. Never blocks; sends keep order."""
+        if self._done or self._stop_reason is not None or self._ws_closed or not data:
+            return
+        if not self._started:
+            self._prestart += data
+            excess = len(self._prestart) - PRESTART_MAX_BYTES
+            if excess > 0:
+                del self._prestart[:excess]
+            return
+        self._up_buf += data
+        n = self._chunk_bytes
+        while len(self._up_buf) >= n:
+            chunk = bytes(self._up_buf[:n])
+            del self._up_buf[:n]
+            self._up.append((ClientProtocol.audio_chunk(chunk), n))
+            if len(self._up) > self._up_backlog:
+                self._up.popleft()  # the socket is stalled: old caller audio is worthless
+                self.audio_chunks_dropped += 1
+                if self.audio_chunks_dropped % 50 == 1:
+                    self.log.warning(
+                        "%s: network too slow, dropped %d caller audio chunks so far",
+                        self._tag,
+                        self.audio_chunks_dropped,
+                    )
+        self._wake.set()
+
+    def send_dtmf(self, digit: str) -> None:
+        """A keypad digit from the caller (see the module docstring for how it is sent)."""
+        if self._done or self._stop_reason is not None:
+            return
+        keys = [c for c in digit.upper() if c in DTMF_DIGITS]
+        if not keys:
+            self.log.warning("%s: ignoring invalid DTMF digit %r", self._tag, digit[:8])
+            return
+        self._dtmf += keys
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
+        if "#" in keys or self._dtmf_timeout <= 0:
+            self._flush_dtmf()
+        else:
+            loop = asyncio.get_running_loop()
+            self._dtmf_timer = loop.call_later(self._dtmf_timeout, self._flush_dtmf)
+
+    def send_contextual_update(self, text: str, context_id: str | None = None) -> None:
+        """Tell the agent something without starting a turn (e.g. a call event)."""
+        self._send_ctl(ClientProtocol.contextual_update(text, context_id))
+
+    def send_user_message(self, text: str) -> None:
+        self._send_ctl(ClientProtocol.user_message(text))
+
+    def hangup(self) -> None:
+        """The caller hung up: close with 1000 now; ``run()`` returns HANGUP."""
+        self._request_stop(EndReason.CALLER_HANGUP, 1000, "caller hung up")
+
+    def shutdown(self) -> None:
+        """The server is going away: close with 1001; ``run()`` returns FAILED/SHUTDOWN."""
+        self._request_stop(EndReason.SHUTDOWN, 1001, "server shutting down")
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> SessionResult:
+        """The whole conversation. Never raises except ``CancelledError``."""
+        self.log.debug("%s: starting conversation with agent %s", self._tag, self.config.agent_id)
+        own_http: aiohttp.ClientSession | None = None
+        try:
+            try:
+                initiation = self._initiation()
+                if self._http is None:
+                    own_http = aiohttp.ClientSession()
+                url = await self._until_stopped(self._signed_url(self._http or own_http))
+                ws = None if url is None else await self._until_stopped(self._connect(url))
+                if ws is None:
+                    result = self._stopped_result(None)
+                else:
+                    result = await self._conversation(ws, initiation, url or "")
+            except _Failure as exc:
+                result = self._result(exc.reason, None, exc.detail)
+            except asyncio.CancelledError:
+                await self._abort()
+                raise
+            except Exception as exc:  # a bug of ours must not take the loop down
+                self.log.exception("%s: internal error in the ConvAI session", self._tag)
+                result = self._result(EndReason.SERVER_ERROR, None, f"internal error: {exc!r}")
+        finally:
+            self._done = True
+            await self._cleanup(own_http)
+        self._log_end(result)
+        return result
+
+    async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        """Run ``coro`` unless hangup()/shutdown() comes first (then None)."""
+        if self._stop_reason is not None:
+            coro.close()
+            return None
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self._stop_evt.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self._stop_reason is None:
+            return task.result()
+        if not task.cancelled() and task.exception() is None:
+            leftover = task.result()
+            if isinstance(leftover, ClientConnection):  # connected just as the caller left
+                await self._close_ws(leftover, 1000, "caller hung up")
+        return None
+
+    def _initiation(self) -> str:
+        cfg, call = self.config, self.call
+        variables: dict[str, object] = {}
+        for name, value in cfg.dynamic_variables.items():
+            if name.startswith(RESERVED_VARIABLE_PREFIX):
+                self.log.warning(
+                    "%s: dynamic variable %r is reserved by ElevenLabs; not sent", self._tag, name
+                )
+                continue
+            variables[name] = value
+        user_id = None
+        if cfg.send_caller_number:
+            number = call.caller_number or "unknown"
+            variables["caller_number"] = number
+            variables["caller_id"] = number  # for agents written for the original module
+            user_id = call.caller_number or None
+        try:
+            return self._proto.initiation(
+                dynamic_variables=variables or None,
+                overrides=cfg.overrides or None,
+                user_id=user_id,
+            )
+        except (TypeError, ValueError) as exc:
+            raise _Failure(
+                EndReason.CONNECT_FAILED,
+                f"agent [{cfg.name}]: overrides or dynamic variables are not JSON: {exc}",
+            ) from None
+
+    # ------------------------------------------------------------------ signed URL
+
+    async def _signed_url(self, http: aiohttp.ClientSession | None) -> str:
+        cfg = self.config
+        assert http is not None
+        where = f"agent [{cfg.name}]"
+        if not cfg.api_key:
+            raise _Failure(EndReason.SIGNED_URL_FAILED, f"{where}: elevenlabs_api_key is not set")
+        if not cfg.signed_url_endpoint or not cfg.agent_id:
+            raise _Failure(
+                EndReason.SIGNED_URL_FAILED,
+                f"{where}: elevenlabs_get_signed_url_endpoint and elevenlabs_agent_id are required",
+            )
+        timeout = aiohttp.ClientTimeout(total=cfg.http_timeout)
+        attempts = max(0, cfg.http_retries) + 1
+        problem = ""
+        for attempt in range(attempts):
+            if attempt:
+                delay = cfg.http_retry_backoff * 2 ** (attempt - 1)
+                self.log.warning(
+                    "%s: signed URL request failed (%s); retry %d/%d in %.1f s",
+                    self._tag,
+                    problem,
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            try:
+                async with http.get(
+                    cfg.signed_url_endpoint,
+                    params={"agent_id": cfg.agent_id},
+                    headers={"xi-api-key": cfg.api_key, "User-Agent": USER_AGENT},
+                    timeout=timeout,
+                    ssl=self._ssl or True,
+                    proxy=cfg.proxy,
+                    allow_redirects=False,  # never hand the key to another host
+                ) as resp:
+                    status = resp.status
+                    body = await resp.read()
+            except TimeoutError:
+                problem = f"no answer within {cfg.http_timeout:g} s"
+                continue
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                problem = self._scrub(f"{type(exc).__name__}: {exc}")
+                continue
+            if status >= 500:
+                problem = self._scrub(f"HTTP {status}: {_http_detail(body)}")
+                continue
+            if status != 200:
+                raise _Failure(EndReason.SIGNED_URL_FAILED, self._http_error(status, body))
+            return self._parse_signed_url(body)
+        raise _Failure(
+            EndReason.SIGNED_URL_FAILED,
+            f"{where}: signed URL request to {redact_url(cfg.signed_url_endpoint)} failed"
+            f" after {attempts} attempt(s): {problem}",
+        )
+
+    def _http_error(self, status: int, body: bytes) -> str:
+        name = self.config.name
+        detail = self._scrub(_http_detail(body))
+        hint = {
+            401: "the API key was rejected: check elevenlabs_api_key",
+            403: "the API key lacks permission for this agent: check elevenlabs_api_key",
+            404: "agent not found: check elevenlabs_agent_id",
+            422: "request rejected: check elevenlabs_agent_id",
+        }.get(status, "unexpected answer: check elevenlabs_get_signed_url_endpoint")
+        return (
+            f"agent [{name}]: signed URL request failed with HTTP {status} ({detail});"
+            f" {hint} in section [{name}]"
+        )
+
+    def _parse_signed_url(self, body: bytes) -> str:
+        where = f"agent [{self.config.name}]"
+        try:
+            data: object = json.loads(body)
+        except ValueError:
+            raise _Failure(
+                EndReason.SIGNED_URL_FAILED, f"{where}: signed URL response is not JSON"
+            ) from None
+        url = data.get("signed_url") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise _Failure(
+                EndReason.SIGNED_URL_FAILED, f"{where}: signed URL response has no signed_url"
+            )
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("ws", "wss", "http", "https")
+            or not parts.hostname
+        ):
+            raise _Failure(
+                EndReason.SIGNED_URL_FAILED, f"{where}: signed_url is not a WebSocket URL"
+            )
+        if parts.query:  # the signature lives here: never log it
+            self._secrets.append(parts.query)
+            self._secrets += [
+                v for k, v in parse_qsl(parts.query) if k not in _PUBLIC_PARAMS and len(v) >= 8
+            ]
+        self._secrets.append(url)
+        self._secrets.sort(key=len, reverse=True)  # replace the longest first
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def _connect(self, url: str) -> ClientConnection:
+        cfg = self.config
+        kwargs: dict[str, Any] = {}
+        if url.startswith("wss:"):
+            kwargs["ssl"] = self._ssl or _default_ssl_context()
+        try:
+            return await connect(
+                url,
+                open_timeout=cfg.connect_timeout,
+                max_size=cfg.max_message_bytes,
+                compression=None,  # small JSON + base64 audio: deflate costs CPU for little
+                proxy=cfg.proxy,
+                close_timeout=CLOSE_TIMEOUT,
+                user_agent_header=USER_AGENT,
+                logger=_WS_LOG,
+                **kwargs,
+            )
+        except TimeoutError:
+            problem = f"no WebSocket handshake within {cfg.connect_timeout:g} s"
+        except InvalidStatus as exc:
+            problem = f"WebSocket upgrade refused with HTTP {exc.response.status_code}"
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        raise _Failure(
+            EndReason.CONNECT_FAILED,
+            self._scrub(f"agent [{cfg.name}]: cannot connect to {redact_url(url)}: {problem}"),
+        )
+
+    async def _conversation(self, ws: ClientConnection, initiation: str, url: str) -> SessionResult:
+        self._ws = ws
+        if self._stop_reason is not None:  # hangup() raced the handshake
+            await self._close_ws(ws, 1000, "caller hung up")
+        self.log.debug("%s: connected to %s", self._tag, redact_url(url))
+        writer = asyncio.get_running_loop().create_task(self._writer(ws, initiation))
+        self._tasks.add(writer)
+        deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
+        while True:
+            try:
+                if self._started:
+                    raw = await ws.recv()
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        raw = await ws.recv()
+            except TimeoutError:
+                await self._close_ws(ws, 1000, "no conversation metadata")
+                raise _Failure(
+                    EndReason.CONNECT_FAILED,
+                    f"agent [{self.config.name}]: no conversation_initiation_metadata within"
+                    f" {self.config.connect_timeout:g} s",
+                ) from None
+            except ConnectionClosed as exc:
+                self._ws_closed = True
+                return self._closed_result(exc)
+            self._process(raw)
+            if self._fatal is not None:
+                await self._close_ws(ws, 1000, "unsupported audio format")
+                raise self._fatal
+
+    async def _writer(self, ws: ClientConnection, initiation: str) -> None:
+        """The only sender, so frames keep their order; control frames jump the audio."""
+        try:
+            await ws.send(initiation)  # must be the first frame
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._ctl or self._up:
+                    if self._ctl:
+                        await ws.send(self._ctl.popleft())
+                    else:
+                        text, n = self._up.popleft()
+                        await ws.send(text)
+                        self.bytes_up += n
+        except ConnectionClosed:
+            self._ws_closed = True  # the reader sees the close and reports it
+        except Exception:
+            self.log.exception("%s: cannot send to the agent", self._tag)
+            await self._close_ws(ws, 1011, "client error")
+
+    def _send_ctl(self, text: str) -> None:
+        if self._done or self._stop_reason is not None:
+            return
+        self._ctl.append(text)
+        self._wake.set()
+
+    async def _close_ws(self, ws: ClientConnection, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code, reason)
+
+    def _request_stop(self, reason: EndReason, code: int, text: str) -> None:
+        if self._done or self._stop_reason is not None:
+            return
+        self._stop_reason = reason
+        self._stop_evt.set()
+        if self._ws is not None:
+            task = asyncio.get_running_loop().create_task(self._close_ws(self._ws, code, text))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _abort(self) -> None:
+        """run() was cancelled: say goodbye briefly, then let the cancellation through."""
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            async with asyncio.timeout(0.5):
+                await ws.close(1001, "going away")
+        except Exception:
+            pass
+
+    async def _cleanup(self, own_http: aiohttp.ClientSession | None) -> None:
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._ws is not None:  # normally closed already; bounded by CLOSE_TIMEOUT
+            await self._close_ws(self._ws, 1000, "")
+        if own_http is not None:
+            with contextlib.suppress(Exception):
+                await own_http.close()
+
+    # ------------------------------------------------------------------ incoming
+
+    def _process(self, raw: str | bytes) -> None:
+        """Dispatch one server frame. Never raises (handler errors are logged)."""
+        for event in self._proto.receive(raw):
+            try:
+                self._dispatch(event)
+            except Exception:
+                self.log.exception("%s: error handling %s", self._tag, type(event).__name__)
+        pongs = self._proto.data_to_send()
+        if pongs:
+            self._ctl.extend(pongs)
+            self._wake.set()
+
+    def _dispatch(self, ev: Event) -> None:
+        h = self.handler
+        if isinstance(ev, Audio):
+            if not self._started:
+                if not self._warned_early_audio:
+                    self._warned_early_audio = True
+                    self.log.warning("%s: agent audio before the metadata; dropped", self._tag)
+            elif ev.audio:
+                self.bytes_down += len(ev.audio)
+                self._since_interrupt.append(ev.event_id)
+                self._callback(h.on_audio, ev.event_id, ev.audio)
+        elif isinstance(ev, Ping):
+            if ev.ping_ms is not None:
+                self.ping_rtt_ms = float(ev.ping_ms)
+        elif isinstance(ev, VadScore):
+            if self.log.isEnabledFor(logging.DEBUG):
+                now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+                for line in protocol.format_vad(ev.score, now.replace("+00:00", "Z")):
+                    self.log.debug("%s: %s", self._tag, line)
+        elif isinstance(ev, Interruption):
+            self._on_interruption(ev)
+        elif isinstance(ev, StaleAudio):
+            self.log.debug(
+                "%s: dropping late audio chunk with event_id=%d (<%d), %d bytes",
+                self._tag,
+                ev.event_id,
+                ev.interrupt_id,
+                ev.size,
+            )
+        elif isinstance(ev, ConversationInitiationMetadata):
+            self._on_metadata(ev)
+        elif isinstance(ev, ClientToolCall):
+            task = asyncio.get_running_loop().create_task(self._run_tool(ev))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif isinstance(ev, ErrorEvent):
+            self.log.warning(
+                "%s: agent error %s (code %s): %s",
+                self._tag,
+                ev.error_type,
+                ev.code,
+                self._scrub(ev.message or ""),
+            )
+        elif isinstance(ev, AgentToolResponse):
+            if ev.tool_name == "end_call" and not ev.full_payload:
+                self.log.info("%s: the agent ended the call", self._tag)
+        elif isinstance(ev, MalformedMessage):
+            self.log.warning(
+                "%s: skipping malformed server message: %s: %s", self._tag, ev.error, ev.excerpt
+            )
+        elif isinstance(ev, UnknownMessage):
+            self.log.debug("%s: ignoring unknown server message type %r", self._tag, ev.type[:64])
+        self._callback(h.on_event, ev)
+
+    def _callback(self, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.log.exception("%s: error in %s", self._tag, getattr(fn, "__name__", fn))
+
+    def _on_metadata(self, ev: ConversationInitiationMetadata) -> None:
+        if self._started:
+            self.log.warning("%s: duplicate conversation metadata ignored", self._tag)
+            return
+        bad = [
+            f
+            for f in (ev.user_input_audio_format, ev.agent_output_audio_format)
+            if f not in self._formats
+        ]
+        if bad:
+            self._fatal = _Failure(
+                EndReason.UNSUPPORTED_FORMAT,
+                f"agent [{self.config.name}] uses audio format {', '.join(sorted(set(bad)))}"
+                f" (input {ev.user_input_audio_format}, output {ev.agent_output_audio_format});"
+                f" supported: {', '.join(sorted(self._formats))}",
+            )
+            self.log.error("%s: %s", self._tag, self._fatal.detail)
+            return
+        self._started = True
+        self.started_at = time.monotonic()
+        fmt = AUDIO_FORMATS[ev.user_input_audio_format]
+        ms = min(max(self.config.audio_frames_buffer_ms, 20), 2000)
+        self._chunk_bytes = max(protocol.bytes_for_ms(fmt.name, ms), fmt.sample_width)
+        self._up_backlog = max(2, math.ceil(UP_BACKLOG_MS / ms))
+        self.log.info(
+            "%s: conversation %s started (input %s, output %s)",
+            self._tag,
+            ev.conversation_id,
+            ev.user_input_audio_format,
+            ev.agent_output_audio_format,
+        )
+        started = Started(
+            ev.conversation_id, ev.user_input_audio_format, ev.agent_output_audio_format
+        )
+        self._callback(self.handler.on_started, started)
+        if self._stop_reason is not None:
+            return
+        keep = protocol.bytes_for_ms(fmt.name, PRESTART_MS)
+        excess = len(self._prestart) - keep
+        if excess > 0:
+            excess += -excess % fmt.sample_width  # cut whole samples only
+            del self._prestart[:excess]
+        early, self._prestart = bytes(self._prestart), bytearray()
+        self.feed_caller_audio(early)
+        if self._dtmf and self._dtmf_timer is None:
+            self._flush_dtmf()
+
+    def _on_interruption(self, ev: Interruption) -> None:
+        self.interruptions += 1
+        self._callback(self.handler.on_interruption, ev.event_id)
+        # What we handed over since the last interruption; the host's ring knows better
+        # what was still queued, so it may log its own view instead (log_interruptions).
+        removed = [i for i in self._since_interrupt if i < ev.event_id]
+        kept = [i for i in self._since_interrupt if i >= ev.event_id]
+        self._since_interrupt = collections.deque(kept, maxlen=512)
+        if self._log_interruptions and self.log.isEnabledFor(logging.DEBUG):
+            for line in protocol.format_interruption(ev.event_id, removed, len(kept)):
+                self.log.debug("%s: %s", self._tag, line)
+
+    async def _run_tool(self, call: ClientToolCall) -> None:
+        if self.tools is None or call.tool_name not in self.tools:
+            self.log.warning(
+                "%s: the agent called client tool %r, which is not registered",
+                self._tag,
+                call.tool_name[:64],
+            )
+            outcome = ToolOutcome(f"Client tool {call.tool_name!r} is not available", True)
+        else:
+            outcome = await self.tools.call(call)
+            if outcome.is_error:
+                self.log.warning(
+                    "%s: client tool %r failed: %s", self._tag, call.tool_name, outcome.result
+                )
+        if call.expects_response:
+            self._send_ctl(
+                ClientProtocol.tool_result(call.tool_call_id, outcome.result, outcome.is_error)
+            )
+
+    def _flush_dtmf(self) -> None:
+        self._dtmf_timer = None
+        if not self._dtmf or not self._started:
+            return  # sent once the conversation starts
+        keys, self._dtmf = "".join(self._dtmf), []
+        self.log.debug("%s: DTMF %s sent to the agent", self._tag, keys)
+        self._send_ctl(
+            ClientProtocol.user_message(f'The caller pressed "{keys}" on the phone keypad.')
+        )
+
+    # ------------------------------------------------------------------ results
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def _result(self, reason: EndReason, close_code: int | None, detail: str) -> SessionResult:
+        if reason == EndReason.CALLER_HANGUP:
+            status = STATUS_HANGUP
+        elif reason in _COMPLETED_REASONS:
+            status = STATUS_COMPLETED
+        else:
+            status = STATUS_FAILED
+        return SessionResult(status, reason, self.conversation_id, close_code, self._scrub(detail))
+
+    def _stopped_result(self, close_code: int | None) -> SessionResult:
+        reason = self._stop_reason or EndReason.CALLER_HANGUP
+        detail = "caller hung up" if reason == EndReason.CALLER_HANGUP else "server shutting down"
+        return self._result(reason, close_code, detail)
+
+    def _closed_result(self, exc: ConnectionClosed) -> SessionResult:
+        rcvd = exc.rcvd
+        code = rcvd.code if rcvd is not None else None
+        if self._stop_reason is not None:
+            if code is None and exc.sent is not None:
+                code = exc.sent.code
+            return self._stopped_result(code)
+        error = self._proto.last_error
+        reason = protocol.end_reason(code, error, self._proto.saw_end_call)
+        if error is not None and (error.error_type or error.message):
+            detail = f"{error.error_type or 'error'}: {error.message or ''}".rstrip(": ")
+        elif reason == EndReason.AGENT_ENDED_CALL:
+            detail = "the agent ended the call"
+        elif rcvd is not None:
+            detail = f"server closed the connection with {rcvd.code}" + (
+                f" ({rcvd.reason})" if rcvd.reason else ""
+            )
+        else:
+            detail = "connection lost without a close frame"
+        return self._result(reason, code, detail)
+
+    def _log_end(self, result: SessionResult) -> None:
+        level = logging.INFO if result.status != STATUS_FAILED else logging.WARNING
+        self.log.log(
+            level,
+            "%s: conversation %s ended: %s/%s (close code %s) after %.1f s: %s",
+            self._tag,
+            result.conversation_id or "-",
+            result.status,
+            result.reason.value,
+            result.close_code,
+            time.monotonic() - self.created_at,
+            result.detail,
+        )
