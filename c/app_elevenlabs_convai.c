@@ -1581,12 +1581,42 @@ static char *cli_show_call(struct ast_cli_entry *e, int cmd, struct ast_cli_args
 	return CLI_SUCCESS;
 }
 
+#ifdef TEST_FRAMEWORK
+/* Resilience testing: playout must not falter while Python is busy. Test builds only. */
+static char *cli_test_stall(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	int ms;
+
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "elevenlabs test stall";
+		e->usage =
+			"Usage: elevenlabs test stall <ms>\n"
+			"       Block the Python runtime's loop for <ms> (1-5000) once, as a slow callback\n"
+			"       would. For resilience tests and benchmarks; calls must play on unharmed.\n";
+		return NULL;
+	case CLI_GENERATE:
+		return NULL;
+	}
+	if (a->argc != 4 || ast_parse_arg(a->argv[3], PARSE_INT32 | PARSE_IN_RANGE, &ms, 1, 5000)) {
+		return CLI_SHOWUSAGE;
+	}
+	atomic_store(&host.stall_ms, ms);
+	eventfd_write(host.wake_efd, 1);
+	ast_cli(a->fd, "Stalling the Python loop for %d ms\n", ms);
+	return CLI_SUCCESS;
+}
+#endif
+
 static struct ast_cli_entry convai_cli[] = {
 	AST_CLI_DEFINE(cli_debug, "Turn ElevenLabs protocol debugging on or off"),
 	AST_CLI_DEFINE(cli_reload, "Reload elevenlabs.conf"),
 	AST_CLI_DEFINE(cli_show_agents, "List configured ElevenLabs agents"),
 	AST_CLI_DEFINE(cli_show_calls, "List ElevenLabs conversations under way"),
 	AST_CLI_DEFINE(cli_show_call, "Show one ElevenLabs conversation in detail"),
+#ifdef TEST_FRAMEWORK
+	AST_CLI_DEFINE(cli_test_stall, "Block the ElevenLabs Python loop (testing)"),
+#endif
 };
 
 /* --- module ----------------------------------------------------------------------------------------- */

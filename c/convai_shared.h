@@ -154,6 +154,7 @@ struct convai_host {
 	int wake_efd;                /* C -> Python: sessions pending, reload or stop */
 	_Atomic int debug;           /* `elevenlabs debug on|off` */
 	_Atomic int stop;            /* Asterisk is shutting down */
+	_Atomic int stall_ms;        /* test hook: block the loop this long once (resilience tests) */
 	/* Filled by C; Python calls them from the loop thread. */
 	void (*log)(int level, const char *file, int line, const char *func, unsigned int callid,
 		const char *msg);
@@ -195,6 +196,11 @@ static inline void convai_hist_add(struct convai_session *s, int h, uint32_t us)
 static inline int convai_host_debug(struct convai_host *h)
 {
 	return atomic_load_explicit(&h->debug, memory_order_relaxed);
+}
+
+static inline int convai_host_take_stall(struct convai_host *h)
+{
+	return atomic_exchange_explicit(&h->stall_ms, 0, memory_order_relaxed);
 }
 
 static inline int convai_host_stopping(struct convai_host *h)

@@ -93,6 +93,7 @@ void convai_hist_add(struct convai_session *s, int h, uint32_t us);
 int convai_hist_bucket(uint64_t us);
 uint64_t convai_hist_upper(int b);
 int convai_host_stopping(struct convai_host *h);
+int convai_host_take_stall(struct convai_host *h);
 """
 
 

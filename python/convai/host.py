@@ -410,6 +410,10 @@ class Runtime:
     def on_wake(self) -> None:
         _eventfd_drain(self.host.wake_efd)
         _apply_debug(self.host)
+        if stall_ms := lib.convai_host_take_stall(self.host):
+            # Test hook (`elevenlabs test stall`): block the loop as a slow callback would.
+            log.warning("test: stalling the Python loop for %d ms", stall_ms)
+            time.sleep(stall_ms / 1000)
         if lib.convai_host_stopping(self.host):
             if not self.stopping:
                 self.stopping = True
