@@ -1,7 +1,7 @@
 """The ConvAI simulator: the server side of the ElevenLabs Conversational AI protocol on loopback.
 
 One aiohttp application serves both the signed-URL endpoint and the agent WebSocket on one
-port. It stands alone on the wire protocol (docs: shared reference, §1-§6) and deliberately
+port. It stands alone on the wire protocol (convai-protocol.md §1-§6) and deliberately
 imports nothing from the client side (convai.protocol / convai.session), so it can catch their
 mistakes instead of sharing them.
 
@@ -613,6 +613,7 @@ class _Conversation:
         self._user_turns = 0
         self._ending = False
         self._closer: asyncio.Task[bool] | None = None
+        self._silenced = False  # set before a scripted error: nothing may slip in between
         self._tool_waiters: dict[str, asyncio.Future[None]] = {}
         self._audio_cap = int(sc.record_caller_audio_s * 1000 * audio.bytes_per_ms(sc.input_format))
         # VAD state, all in caller-audio time (ms of audio received), not wall time.
@@ -660,8 +661,8 @@ class _Conversation:
             exc = task.exception()
             log.error("%s task failed: %r", self.cid, exc, exc_info=exc)
 
-    async def _send_raw(self, text: str) -> bool:
-        if self.ws.closed:
+    async def _send_raw(self, text: str, *, last_words: bool = False) -> bool:
+        if self.ws.closed or (self._silenced and not last_words):
             return False
         try:
             await self.ws.send_str(text)
@@ -679,9 +680,10 @@ class _Conversation:
         *,
         level: int = logging.INFO,
         event_id: int | None = None,
+        last_words: bool = False,
     ) -> bool:
         # Payload object first, then "type": the real server's key order (reference §2).
-        ok = await self._send_raw(_compact({key: payload, "type": type_}))
+        ok = await self._send_raw(_compact({key: payload, "type": type_}), last_words=last_words)
         if ok:
             self._note("out", type_, detail, event_id)
             self._log(level, "→", "%s %s", type_, detail)
@@ -839,6 +841,7 @@ class _Conversation:
 
     async def _max_duration(self) -> None:
         limit = self.sc.max_duration_s or 0.0
+        self._silenced = True
         await self._send(
             "error",
             "error_event",
@@ -851,14 +854,16 @@ class _Conversation:
                 "details": None,
             },
             "max_duration_exceeded",
+            last_words=True,
         )
         await self._close(1000, "", "max_duration")
 
     async def _scripted_close(self) -> None:
         ev = self.sc.error_event
         if ev is not None:
+            self._silenced = True
             msg = ev if "type" in ev else {"error_event": ev, "type": "error"}
-            if await self._send_raw(_compact(msg)):
+            if await self._send_raw(_compact(msg), last_words=True):
                 self._note("out", str(msg.get("type")), _compact(msg)[:200])
                 self._log(logging.INFO, "→", "%s", _compact(msg))
         await self._close(self.sc.close_code, self.sc.close_reason, "scripted_close")
