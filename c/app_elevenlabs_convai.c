@@ -43,6 +43,7 @@
 #include "asterisk/utils.h"
 
 #include "convai_shared.h"
+#include "metrics.h"
 #include "pyhost.h"
 
 /*** DOCUMENTATION
@@ -1242,6 +1243,9 @@ static void call_set_result(struct convai_call *c)
 		status_names[c->status], c->reason, duration);
 	call_emit_stats(c);
 	call_emit_event(c, "ElevenLabsConvAIEnd", body);
+	convai_metrics_call_ended(status_names[c->status],
+		convai_stat_get(c->sess, CONVAI_STAT_INTERRUPTIONS),
+		convai_stat_get(c->sess, CONVAI_STAT_UNDERRUNS), c->sess->hist[CONVAI_HIST_FIRST_FRAME]);
 	if (c->status == CALL_FAILED) {
 		ast_log(LOG_WARNING, "%s: conversation %s with agent [%s] failed: %s after %s s\n",
 			ast_channel_name(c->chan), S_OR(c->conversation_id, "(none)"), c->agent->name,
@@ -1279,6 +1283,7 @@ static void call_run(struct convai_call *c)
 	AST_RWLIST_WRLOCK(&live_calls);
 	AST_RWLIST_INSERT_TAIL(&live_calls, c, list);
 	AST_RWLIST_UNLOCK(&live_calls);
+	convai_metrics_call_started();
 
 	session_submit(c->sess);
 	call_loop(c);
@@ -1638,6 +1643,7 @@ static int stop_runtime(void)
 
 static int unload_module(void)
 {
+	convai_metrics_unregister();
 	ast_cli_unregister_multiple(convai_cli, ARRAY_LEN(convai_cli));
 	ast_unregister_application(APP_NAME);
 	stop_runtime();
@@ -1694,6 +1700,9 @@ static int load_module(void)
 		unload_module();
 		return AST_MODULE_LOAD_DECLINE;
 	}
+	if (convai_metrics_register()) {
+		ast_verb(2, "ElevenLabsConvAI: Prometheus metrics registered\n");
+	}
 	/* An embedded interpreter cannot be started twice: stay loaded until shutdown. */
 	ast_module_shutdown_ref(AST_MODULE_SELF);
 	return AST_MODULE_LOAD_SUCCESS;
@@ -1710,4 +1719,5 @@ AST_MODULE_INFO(ASTERISK_GPL_KEY, AST_MODFLAG_LOAD_ORDER, "ElevenLabs Conversati
 	.unload = unload_module,
 	.reload = reload_module,
 	.load_pri = AST_MODPRI_DEFAULT,
+	.optional_modules = "res_prometheus",
 );

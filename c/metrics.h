@@ -1,0 +1,27 @@
+/*
+ * app_elevenlabs_convai -- Prometheus metrics, when res_prometheus is loaded.
+ *
+ * Copyright (C) 2026, the app_elevenlabs_convai authors
+ * This program is free software, distributed under the terms of the GNU General Public License
+ * Version 2. See the LICENSE file at the top of the source tree.
+ */
+#ifndef CONVAI_METRICS_H
+#define CONVAI_METRICS_H
+
+#include <stdint.h>
+
+/*! \brief Register with res_prometheus if it is loaded; returns 1 if it is, 0 if not. */
+int convai_metrics_register(void);
+void convai_metrics_unregister(void);
+
+void convai_metrics_call_started(void);
+
+/*!
+ * \brief Account for a finished call.
+ * \param status COMPLETED, HANGUP or FAILED
+ * \param first_frame the call's first-frame latency histogram (CONVAI_HIST_BUCKETS buckets)
+ */
+void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint64_t underruns,
+	const uint32_t *first_frame);
+
+#endif /* CONVAI_METRICS_H */
