@@ -5,7 +5,9 @@
 #               ruff format --check, mypy and pytest tests/unit on the host's Python;
 #   2. testbed: testbed/testbed.sh provision (a Debian sid root with Asterisk 22; cached);
 #   3. inside the testbed: scripts/build.sh, then pytest tests/unit tests/integration against a
-#               real Asterisk (CONVAI_REQUIRE_INTEGRATION=1: integration tests fail, never skip).
+#               real Asterisk (CONVAI_REQUIRE_INTEGRATION=1: integration tests fail, never skip);
+#   4. the Debian package: testbed/deb-test.sh builds, lints, installs, calls, removes, purges
+#               (skipped when -k or pytest arguments select a subset).
 #
 # Usage: scripts/test.sh [--host-only | --integration-only] [-k EXPR] [-- PYTEST_ARGS...]
 #   --host-only         phase 1 only
@@ -180,6 +182,10 @@ if [ "$testbed" = 1 ]; then
       export CONVAI_REQUIRE_INTEGRATION=1
       phase "testbed: pytest ${suites[*]} (Asterisk 22)" \
         run_pytest bash "$TB" run python3 -m pytest "${suites[@]}" -ra --durations=15 "${pytest_args[@]}" || true
+      if [ -z "$kexpr" ] && [ ${#pytest_args[@]} -eq 0 ]; then
+        phase "testbed: Debian package (build, lintian, install, call, remove, purge)" \
+          bash "$REPO/testbed/deb-test.sh" || true
+      fi
     else
       skipped "testbed: pytest" "the build failed"
     fi
