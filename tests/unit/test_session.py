@@ -660,30 +660,39 @@ def test_unknown_tool_without_registry() -> None:
     assert got[0]["tool_call_id"] == "c9" and got[0]["is_error"] is True
 
 
-def test_dtmf_digits_grouped_into_one_user_message() -> None:
+def _dtmf_messages(keys_before: str, keys_after: str, timeout: float, count: int) -> list[Json]:
     messages: list[Json] = []
 
     async def agent(conn: ServerConnection, svc: FakeService) -> None:
         await svc.recv(conn)
         await conn.send(meta())
-        for _ in range(2):
+        for _ in range(count):
             messages.append(await svc.recv(conn, audio_ok=False))
         await conn.close(1000)
 
     async def driver(session: Session, rec: Recorder, svc: FakeService) -> None:
-        session.send_dtmf("9")  # before the start: kept until the conversation starts
+        for d in keys_before:
+            session.send_dtmf(d)  # before the start: kept until the conversation starts
         await until(lambda: bool(rec.started))
-        for d in "12#":
-            session.send_dtmf(d)  # "#" ends the entry at once
-        session.send_dtmf("x")  # ignored
-        session.send_dtmf("5")  # sent after the inter-digit timeout
+        for d in keys_after:
+            session.send_dtmf(d)
 
-    out = run_session(agent, driver=driver, session_kw={"dtmf_interdigit_timeout": 0.05})
-    assert messages == [
+    out = run_session(agent, driver=driver, session_kw={"dtmf_interdigit_timeout": timeout})
+    assert out.result.status == "COMPLETED"
+    return messages
+
+
+def test_dtmf_digits_grouped_into_one_user_message() -> None:
+    # A long inter-digit timeout, so only "#" can end the entry: no race with the scheduler.
+    assert _dtmf_messages("9", "12x#", timeout=30.0, count=1) == [
         {"type": "user_message", "text": 'The caller pressed "912#" on the phone keypad.'},
+    ]
+
+
+def test_dtmf_entry_ends_after_the_interdigit_timeout() -> None:
+    assert _dtmf_messages("", "5", timeout=0.05, count=1) == [
         {"type": "user_message", "text": 'The caller pressed "5" on the phone keypad.'},
     ]
-    assert out.result.status == "COMPLETED"
 
 
 # ---------------------------------------------------------------- endings

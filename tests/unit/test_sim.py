@@ -510,8 +510,12 @@ def test_client_garbage_never_breaks_the_conversation() -> None:
             await c.ws.send(b"\x00binary")
             await c.ws.send(audio_msg(b"\xff" * 3))  # a chunk that is not whole frames
             await c.ws.send(json.dumps({"type": "user_message", "text": "still there?"}))
-            await c.wait(lambda: len(c.of("agent_response")) >= 2)
             rec = sim.conversations[0]
+            # The agent still listens and answers. (Whether the reply to the first, empty
+            # user_message survives the second depends on timing, so count only one.)
+            await c.wait(
+                lambda: "still there?" in rec.user_messages and bool(c.of("agent_response"))
+            )
             assert len(rec.invalid_frames) >= 6
             assert rec.unknown_types == ["from_the_future", "7"]
             assert c.closed is None
