@@ -185,6 +185,20 @@ release:
 	return NULL;
 }
 
+static struct timespec deadline_in(int timeout_ms)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	t.tv_sec += timeout_ms / 1000;
+	t.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	return t;
+}
+
 int convai_pyhost_start(struct convai_host *host, const char *python_dir, int timeout_ms,
 	char *err, size_t errlen)
 {
@@ -216,13 +230,7 @@ int convai_pyhost_start(struct convai_host *host, const char *python_dir, int ti
 	}
 	owner.thread_live = 1;
 
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += timeout_ms / 1000;
-	deadline.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
+	deadline = deadline_in(timeout_ms);
 	pthread_mutex_lock(&owner.lock);
 	rc = 0;
 	while (owner.state == OWNER_STARTING && rc != ETIMEDOUT) {
@@ -251,13 +259,7 @@ int convai_pyhost_join(int timeout_ms)
 	if (!owner.thread_live) {
 		return 0;
 	}
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += timeout_ms / 1000;
-	deadline.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
+	deadline = deadline_in(timeout_ms);
 	if (pthread_timedjoin_np(owner.thread, NULL, &deadline)) {
 		return -1;
 	}
