@@ -103,53 +103,65 @@
 			<ref type="filename">elevenlabs.conf</ref>
 		</see-also>
 	</application>
-	<managerEvent language="en_US" name="ElevenLabsConvAIStart">
+	<managerEvent language="en_US" name="ElevenLabsConvAIStart" module="app_elevenlabs_convai">
 		<managerEventInstance class="EVENT_FLAG_CALL">
 			<synopsis>Raised when a conversation with an agent has started.</synopsis>
 			<syntax>
-				<parameter name="Channel"/>
-				<parameter name="Uniqueid"/>
-				<parameter name="Agent"><para>The agent's section name.</para></parameter>
-				<parameter name="ConversationID"/>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
 				<parameter name="InputFormat"><para>Caller audio format sent to the agent.</para></parameter>
 				<parameter name="OutputFormat"><para>Agent audio format played to the caller.</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
-	<managerEvent language="en_US" name="ElevenLabsConvAIInterruption">
+	<managerEvent language="en_US" name="ElevenLabsConvAIInterruption" module="app_elevenlabs_convai">
 		<managerEventInstance class="EVENT_FLAG_CALL">
 			<synopsis>Raised when the caller interrupts the agent.</synopsis>
 			<syntax>
-				<parameter name="Channel"/>
-				<parameter name="Uniqueid"/>
-				<parameter name="Agent"/>
-				<parameter name="ConversationID"/>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
 				<parameter name="EventID"><para>The interruption's event id: older agent audio is dropped.</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
-	<managerEvent language="en_US" name="ElevenLabsConvAIToolCall">
+	<managerEvent language="en_US" name="ElevenLabsConvAIToolCall" module="app_elevenlabs_convai">
 		<managerEventInstance class="EVENT_FLAG_CALL">
 			<synopsis>Raised when the agent calls a client tool.</synopsis>
 			<syntax>
-				<parameter name="Channel"/>
-				<parameter name="Uniqueid"/>
-				<parameter name="Agent"/>
-				<parameter name="ConversationID"/>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
 				<parameter name="ToolName"/>
 				<parameter name="ToolCallID"/>
 				<parameter name="Parameters"><para>The tool's parameters as JSON.</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
-	<managerEvent language="en_US" name="ElevenLabsConvAIStats">
+	<managerEvent language="en_US" name="ElevenLabsConvAIStats" module="app_elevenlabs_convai">
 		<managerEventInstance class="EVENT_FLAG_CALL">
 			<synopsis>Raised at the end of a conversation with its media statistics.</synopsis>
 			<syntax>
-				<parameter name="Channel"/>
-				<parameter name="Uniqueid"/>
-				<parameter name="Agent"/>
-				<parameter name="ConversationID"/>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
 				<parameter name="FramesPlayed"><para>20 ms frames of agent audio written.</para></parameter>
 				<parameter name="Underruns"><para>Ticks with agent audio waiting in Python but none in the ring.</para></parameter>
 				<parameter name="LateTicks"><para>Timer ticks the channel thread was late for (caught up).</para></parameter>
@@ -167,17 +179,22 @@
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
-	<managerEvent language="en_US" name="ElevenLabsConvAIEnd">
+	<managerEvent language="en_US" name="ElevenLabsConvAIEnd" module="app_elevenlabs_convai">
 		<managerEventInstance class="EVENT_FLAG_CALL">
-			<synopsis>Raised when a conversation with an agent has ended.</synopsis>
+			<synopsis>Raised when a conversation with an agent has ended, or failed to start.</synopsis>
 			<syntax>
-				<parameter name="Channel"/>
-				<parameter name="Uniqueid"/>
-				<parameter name="Agent"/>
-				<parameter name="ConversationID"/>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
 				<parameter name="Status"><para>COMPLETED, HANGUP or FAILED.</para></parameter>
 				<parameter name="Reason"><para>As in <variable>ELEVENLABS_END_REASON</variable>.</para></parameter>
-				<parameter name="Duration"><para>Seconds since the application started.</para></parameter>
+				<parameter name="Duration"><para>Seconds since the application started
+				(<literal>0.000</literal> when the call failed before reaching the agent, e.g.
+				<literal>unknown_agent</literal>).</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -194,7 +211,10 @@
 #define BUFFER_MS_MIN 20
 #define BUFFER_MS_MAX 2000
 #define MAX_DURATION_DEFAULT 3600
-#define START_TIMEOUT_MS 30000   /* safety net; Python has its own, shorter timeouts */
+/* Safety net only: Python gives up first, with the real cause. Its worst case before the
+ * metadata is 3 signed-URL attempts of 10 s (aiohttp rounds each up to a whole second) with
+ * 0.5 s + 1 s backoff, 10 s WebSocket handshake, 10 s for the metadata: about 54 s. */
+#define START_TIMEOUT_MS 60000
 #define DRAIN_MAX_MS 30000
 #define PREBUFFER_FRAMES 3       /* 60 ms, absorbed at once when a chunk arrives */
 #define CATCHUP_MAX 3            /* frames written for one wake-up after a stall */
@@ -222,6 +242,8 @@ struct convai_agent {
 struct convai_config {
 	int debug;
 	char python_path[1024];
+	int problems;   /* sections disabled or kept at their last good settings by errors */
+	struct ast_variable *disabled;   /* names of the sections disabled by errors */
 	AST_VECTOR(, struct convai_agent *) agents;
 };
 
@@ -240,6 +262,19 @@ static void config_destroy(void *obj)
 
 	AST_VECTOR_CALLBACK_VOID(&cfg->agents, ao2_ref, -1);
 	AST_VECTOR_FREE(&cfg->agents);
+	ast_variables_destroy(cfg->disabled);
+}
+
+static int config_is_disabled(struct convai_config *cfg, const char *name)
+{
+	struct ast_variable *v;
+
+	for (v = cfg->disabled; v; v = v->next) {
+		if (!strcasecmp(v->name, name)) {
+			return 1;
+		}
+	}
+	return 0;
 }
 
 static struct convai_agent *config_find_agent(struct convai_config *cfg, const char *name)
@@ -256,17 +291,30 @@ static struct convai_agent *config_find_agent(struct convai_config *cfg, const c
 	return NULL;
 }
 
+/* Every line the module logs starts with this, Python's lines too (convai/host.py). */
+#define LOG_PREFIX "elevenlabs: "
+
 /* One problem in the file: always name file, line, section and key. */
 #define CONF_ERR(v, cat, fmt, ...) \
-	ast_log(LOG_ERROR, "%s line %d: [%s] %s: " fmt "\n", \
+	ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: " fmt "\n", \
+		S_OR((v)->file, CONFIG_FILE), (v)->lineno, (cat), (v)->name, ##__VA_ARGS__)
+#define CONF_WARN(v, cat, fmt, ...) \
+	ast_log(LOG_WARNING, LOG_PREFIX "%s line %d: [%s] %s: " fmt "\n", \
 		S_OR((v)->file, CONFIG_FILE), (v)->lineno, (cat), (v)->name, ##__VA_ARGS__)
 
 static int parse_int(struct ast_variable *v, const char *cat, int min, int max, int *out)
 {
-	if (ast_parse_arg(v->value, PARSE_INT32 | PARSE_IN_RANGE, out, min, max)) {
-		CONF_ERR(v, cat, "'%s' is not a whole number from %d to %d", v->value, min, max);
+	int n;
+
+	if (ast_parse_arg(v->value, PARSE_INT32, &n)) {
+		CONF_ERR(v, cat, "'%s' is not a whole number", v->value);
 		return -1;
 	}
+	if (n < min || n > max) {
+		CONF_ERR(v, cat, "%d is out of range (%d to %d)", n, min, max);
+		return -1;
+	}
+	*out = n;
 	return 0;
 }
 
@@ -295,8 +343,15 @@ static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const
 	if (!strcasecmp(v->name, "elevenlabs_api_key")) {
 		return copy_str(v, cat, a->api_key, sizeof(a->api_key));
 	} else if (!strcasecmp(v->name, "elevenlabs_get_signed_url_endpoint")) {
-		if (strncasecmp(v->value, "https://", 8) && strncasecmp(v->value, "http://", 7)) {
-			CONF_ERR(v, cat, "must be an http:// or https:// URL");
+		const char *host = !strncasecmp(v->value, "https://", 8) ? v->value + 8
+			: !strncasecmp(v->value, "http://", 7) ? v->value + 7 : NULL;
+
+		if (!host) {
+			CONF_ERR(v, cat, "'%.64s' is not an http:// or https:// URL", v->value);
+			return -1;
+		}
+		if (ast_strlen_zero(host) || *host == '/' || strpbrk(v->value, " \t")) {
+			CONF_ERR(v, cat, "'%.64s' has no host name or contains spaces", v->value);
 			return -1;
 		}
 		return copy_str(v, cat, a->endpoint, sizeof(a->endpoint));
@@ -334,22 +389,60 @@ static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const
 		char *name = ast_strdupa(v->value);
 		char *eq = strchr(name, '=');
 		struct ast_variable *dv;
+		const char *p;
 
-		if (!eq || eq == name) {
+		if (!eq) {
 			CONF_ERR(v, cat, "'%s' is not name=value", v->value);
 			return -1;
 		}
 		*eq = '\0';
-		dv = ast_variable_new(ast_strip(name), eq + 1, v->file);
+		name = ast_strip(name);
+		for (p = name; *p && (isalnum((unsigned char) *p) || *p == '_'); p++) {
+		}
+		if (ast_strlen_zero(name) || *p) {
+			CONF_ERR(v, cat, "'%s' is not name=value with a name of letters, digits and _",
+				v->value);
+			return -1;
+		}
+		dv = ast_variable_new(name, ast_skip_blanks(eq + 1), v->file);
 		if (!dv) {
 			return -1;
 		}
 		ast_variable_list_append(&a->dynamic_variables, dv);
 		return 0;
 	}
-	ast_log(LOG_WARNING, "%s line %d: [%s] %s: unknown key, ignored\n",
-		S_OR(v->file, CONFIG_FILE), v->lineno, cat, v->name);
+	CONF_WARN(v, cat, "unknown key, ignored");
 	return 0;
+}
+
+/* The line of "[cat]" in file (relative to the config dir), or 0: Asterisk's config API does
+ * not say where a section starts, and an error about a missing key should name it. */
+static int section_line(const char *file, const char *cat)
+{
+	char path[PATH_MAX], buf[256];
+	size_t n = strlen(cat);
+	int lineno = 0, at_start = 1, found = 0;
+	FILE *f;
+
+	if (*file == '/') {
+		ast_copy_string(path, file, sizeof(path));
+	} else {
+		snprintf(path, sizeof(path), "%s/%s", ast_config_AST_CONFIG_DIR, file);
+	}
+	if (!(f = fopen(path, "r"))) {
+		return 0;
+	}
+	while (!found && fgets(buf, sizeof(buf), f)) {
+		if (at_start) {
+			const char *p = ast_skip_blanks(buf);
+
+			lineno++;
+			found = *p == '[' && !strncasecmp(p + 1, cat, n) && p[1 + n] == ']';
+		}
+		at_start = strchr(buf, '\n') != NULL;
+	}
+	fclose(f);
+	return found ? lineno : 0;
 }
 
 static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
@@ -357,9 +450,21 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	RAII_VAR(struct convai_agent *, a, ao2_alloc_options(sizeof(*a), agent_destroy,
 		AO2_ALLOC_OPT_LOCK_NOLOCK), ao2_cleanup);
 	struct ast_variable *v;
+	const char *file = CONFIG_FILE;
 	int bad = 0;
+	size_t i;
+	const struct { const char *key; const char *value; } required[] = {
+		{ "elevenlabs_api_key", a ? a->api_key : "" },
+		{ "elevenlabs_get_signed_url_endpoint", a ? a->endpoint : "" },
+		{ "elevenlabs_agent_id", a ? a->agent_id : "" },
+	};
 
 	if (!a) {
+		return NULL;
+	}
+	if (strlen(cat) >= sizeof(a->name)) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.32s...]: the section name is longer than %zu "
+			"characters\n", CONFIG_FILE, cat, sizeof(a->name) - 1);
 		return NULL;
 	}
 	ast_copy_string(a->name, cat, sizeof(a->name));
@@ -368,14 +473,21 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	a->max_duration = MAX_DURATION_DEFAULT;
 	for (v = ast_variable_browse(raw, cat); v; v = v->next) {
 		bad |= parse_agent_key(a, v, cat) != 0;
+		file = S_OR(v->file, file);   /* the section's own lines come last */
 	}
-	if (ast_strlen_zero(a->api_key) || ast_strlen_zero(a->endpoint)
-		|| ast_strlen_zero(a->agent_id)) {
-		ast_log(LOG_ERROR, "%s: [%s] is missing %s%s%s(required)\n", CONFIG_FILE, cat,
-			ast_strlen_zero(a->api_key) ? "elevenlabs_api_key " : "",
-			ast_strlen_zero(a->endpoint) ? "elevenlabs_get_signed_url_endpoint " : "",
-			ast_strlen_zero(a->agent_id) ? "elevenlabs_agent_id " : "");
-		bad = 1;
+	for (i = 0; i < ARRAY_LEN(required); i++) {
+		if (ast_strlen_zero(required[i].value)) {
+			int line = section_line(file, cat);
+
+			if (line) {
+				ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "
+					"required\n", file, line, cat, required[i].key);
+			} else {
+				ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] %s: missing or empty; it is required\n",
+					file, cat, required[i].key);
+			}
+			bad = 1;
+		}
 	}
 	if (bad) {
 		return NULL;
@@ -390,12 +502,12 @@ static void parse_general(struct convai_config *cfg, struct ast_config *raw)
 
 	for (v = ast_variable_browse(raw, "general"); v; v = v->next) {
 		if (!strcasecmp(v->name, "debug")) {
-			parse_bool(v, "general", &cfg->debug);
+			cfg->problems += parse_bool(v, "general", &cfg->debug) != 0;
 		} else if (!strcasecmp(v->name, "python_path")) {
-			copy_str(v, "general", cfg->python_path, sizeof(cfg->python_path));
+			cfg->problems += copy_str(v, "general", cfg->python_path,
+				sizeof(cfg->python_path)) != 0;
 		} else {
-			ast_log(LOG_WARNING, "%s line %d: [general] %s: unknown key, ignored\n",
-				S_OR(v->file, CONFIG_FILE), v->lineno, v->name);
+			CONF_WARN(v, "general", "unknown key, ignored");
 		}
 	}
 }
@@ -404,14 +516,28 @@ static void parse_general(struct convai_config *cfg, struct ast_config *raw)
 static void add_agent(struct convai_config *cfg, struct convai_config *old,
 	struct ast_config *raw, const char *cat)
 {
-	struct convai_agent *a = parse_agent(raw, cat);
+	struct convai_agent *a;
 
+	if (config_find_agent(cfg, cat)) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s: [%s] appears more than once; only the first "
+			"is used\n", CONFIG_FILE, cat);
+		return;
+	}
+	a = parse_agent(raw, cat);
+	if (!a) {
+		cfg->problems++;
+	}
 	if (!a && old && (a = config_find_agent(old, cat))) {
-		ast_log(LOG_WARNING, "%s: [%s] has errors; keeping its last good configuration\n",
-			CONFIG_FILE, cat);
+		ast_log(LOG_WARNING, LOG_PREFIX "%s: [%s] has errors; keeping its last good "
+			"configuration until they are fixed\n", CONFIG_FILE, cat);
 		ao2_ref(a, +1);
 	} else if (!a) {
-		ast_log(LOG_ERROR, "%s: [%s] has errors; agent disabled\n", CONFIG_FILE, cat);
+		struct ast_variable *name = ast_variable_new(cat, "", CONFIG_FILE);
+
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] has errors; agent disabled\n", CONFIG_FILE, cat);
+		if (name) {
+			ast_variable_list_append(&cfg->disabled, name);
+		}
 		return;
 	}
 	if (AST_VECTOR_APPEND(&cfg->agents, a)) {
@@ -454,29 +580,37 @@ static void warn_if_world_readable(void)
 
 	snprintf(path, sizeof(path), "%s/%s", ast_config_AST_CONFIG_DIR, CONFIG_FILE);
 	if (!stat(path, &st) && (st.st_mode & S_IROTH)) {
-		ast_log(LOG_WARNING, "%s is readable by every user but holds API keys; "
-			"chmod 640 it\n", path);
+		ast_log(LOG_WARNING, LOG_PREFIX "%s is readable by every user (mode %04o) but holds "
+			"API keys; chmod 640 it\n", path, (unsigned) (st.st_mode & 07777));
 	}
 }
 
-/*! \retval 0 loaded or unchanged, -1 the file is broken (the old snapshot stays) */
+/*!
+ * \retval 0 loaded (see the snapshot's problems) or unchanged
+ * \retval -1 the file is broken: the running snapshot stays (at load: no agents)
+ */
 static int load_config(int reload)
 {
 	struct ast_flags flags = { reload ? CONFIG_FLAG_FILEUNCHANGED : 0 };
 	RAII_VAR(struct convai_config *, old, ao2_global_obj_ref(global_config), ao2_cleanup);
 	RAII_VAR(struct convai_config *, cfg, NULL, ao2_cleanup);
 	struct ast_config *raw = ast_config_load(CONFIG_FILE, flags);
+	int broken = raw == CONFIG_STATUS_FILEINVALID;   /* at load: run with no agents */
 
 	if (raw == CONFIG_STATUS_FILEUNCHANGED) {
 		return 0;
 	}
-	if (raw == CONFIG_STATUS_FILEINVALID) {
-		ast_log(LOG_ERROR, "%s cannot be parsed; %s\n", CONFIG_FILE,
-			old ? "keeping the running configuration" : "no agents configured");
+	if (broken && old) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s cannot be parsed (see above); keeping the running "
+			"configuration\n", CONFIG_FILE);
 		return -1;
 	}
-	if (!raw) {
-		ast_log(LOG_NOTICE, "%s not found; no agents configured\n", CONFIG_FILE);
+	if (broken) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s cannot be parsed (see above); no agents configured "
+			"until it is fixed and reloaded\n", CONFIG_FILE);
+		raw = NULL;
+	} else if (!raw) {
+		ast_log(LOG_NOTICE, LOG_PREFIX "%s not found; no agents configured\n", CONFIG_FILE);
 	}
 	cfg = config_parse(raw, old);
 	if (raw) {
@@ -486,12 +620,26 @@ static int load_config(int reload)
 	if (!cfg) {
 		return -1;
 	}
-	ao2_global_obj_replace_unref(global_config, cfg);
-	atomic_store(&host.debug, cfg->debug);
-	if (host.wake_efd >= 0) {
-		eventfd_write(host.wake_efd, 1);
+	if (old && strcmp(old->python_path, cfg->python_path)) {
+		ast_log(LOG_NOTICE, LOG_PREFIX "%s: python_path changed; the new one is used when "
+			"Asterisk restarts\n", CONFIG_FILE);
 	}
-	ast_verb(2, "ElevenLabsConvAI: %zu agent(s) configured\n", AST_VECTOR_SIZE(&cfg->agents));
+	ao2_global_obj_replace_unref(global_config, cfg);
+	/* A reload keeps a run-time `elevenlabs debug on|off` unless the file's setting changed. */
+	if (!old || old->debug != cfg->debug) {
+		atomic_store(&host.debug, cfg->debug);
+		if (host.wake_efd >= 0) {
+			eventfd_write(host.wake_efd, 1);
+		}
+	}
+	if (cfg->problems) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s %s with %d problem(s) (see above); %zu agent(s) "
+			"configured\n", CONFIG_FILE, old ? "reloaded" : "loaded", cfg->problems,
+			AST_VECTOR_SIZE(&cfg->agents));
+	} else {
+		ast_verb(2, LOG_PREFIX "%s %s: %zu agent(s) configured\n", CONFIG_FILE,
+			old ? "reloaded" : "loaded", AST_VECTOR_SIZE(&cfg->agents));
+	}
 	return 0;
 }
 
@@ -612,7 +760,10 @@ static void python_log(int level, const char *file, int line, const char *func,
 	unsigned int callid, const char *msg)
 {
 	if (level == __LOG_VERBOSE) {
-		ast_verb(3, "%s\n", msg);
+		/* Python's own file and line, and the call's id, as for the other levels. */
+		if (VERBOSITY_ATLEAST(3)) {
+			__ast_verbose_callid(file, line, func, 3, callid, "%s\n", msg);
+		}
 	} else if (callid) {
 		ast_log_callid(level, file, line, func, callid, "%s\n", msg);
 	} else {
@@ -695,12 +846,19 @@ static int format_for(const char *name, struct ast_format **fmt, uint32_t *bytes
 	return 0;
 }
 
+/* Every ElevenLabsConvAI* manager event starts with these fields (see the DOCUMENTATION). */
+static void emit_event(struct ast_channel *chan, const char *agent, const char *agent_id,
+	const char *conversation_id, const char *event, const char *body)
+{
+	ast_manager_event(chan, EVENT_FLAG_CALL, event,
+		"Channel: %s\r\nUniqueid: %s\r\nAgent: %s\r\nAgentID: %s\r\nConversationID: %s\r\n%s",
+		ast_channel_name(chan), ast_channel_uniqueid(chan), agent, agent_id, conversation_id,
+		body);
+}
+
 static void call_emit_event(struct convai_call *c, const char *event, const char *body)
 {
-	ast_manager_event(c->chan, EVENT_FLAG_CALL, event,
-		"Channel: %s\r\nUniqueid: %s\r\nAgent: %s\r\nConversationID: %s\r\n%s",
-		ast_channel_name(c->chan), ast_channel_uniqueid(c->chan), c->agent->name,
-		c->conversation_id, body);
+	emit_event(c->chan, c->agent->name, c->agent->agent_id, c->conversation_id, event, body);
 }
 
 /* STARTED: "conversation_id\tinput_format\toutput_format" */
@@ -714,7 +872,7 @@ static void call_on_started(struct convai_call *c, char *text)
 
 	if (c->started || !conv || !in || !out
 		|| format_for(in, &c->read_fmt, &up_bytes) || format_for(out, &c->write_fmt, &c->frame_bytes)) {
-		ast_log(LOG_ERROR, "%s: agent [%s] asked for unsupported audio formats\n",
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the agent asked for unsupported audio formats\n",
 			ast_channel_name(c->chan), c->agent->name);
 		call_set_end(c, CALL_FAILED, "unsupported_format");
 		return;
@@ -723,8 +881,8 @@ static void call_on_started(struct convai_call *c, char *text)
 	c->frame_samples = c->write_fmt == ast_format_ulaw ? 160 : c->frame_bytes / 2;
 	memset(c->silence, c->write_fmt == ast_format_ulaw ? 0xff : 0, sizeof(c->silence));
 	if (ast_set_read_format(c->chan, c->read_fmt) || ast_set_write_format(c->chan, c->write_fmt)) {
-		ast_log(LOG_ERROR, "%s: cannot set the channel to %s/%s\n",
-			ast_channel_name(c->chan), in, out);
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot set the channel to %s/%s\n",
+			ast_channel_name(c->chan), c->agent->name, in, out);
 		call_set_end(c, CALL_FAILED, "unsupported_format");
 		return;
 	}
@@ -737,9 +895,14 @@ static void call_on_started(struct convai_call *c, char *text)
 	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_CONVERSATION_ID", conv);
 	/* Absolute 20 ms clock for agent audio; its expiration count is what keeps us exact. */
 	timerfd_settime(c->tfd, 0, &its, NULL);
-	ast_verb(3, "%s: conversation %s started with agent [%s] (%s in, %s out)\n",
-		ast_channel_name(c->chan), conv, c->agent->name, in, out);
-	call_emit_event(c, "ElevenLabsConvAIStart", "");
+	ast_verb(3, LOG_PREFIX "%s [%s]: conversation %s started with agent [%s] (%s in, %s out)\n",
+		ast_channel_name(c->chan), c->agent->name, conv, c->agent->name, in, out);
+	{
+		char body[64];
+
+		snprintf(body, sizeof(body), "InputFormat: %s\r\nOutputFormat: %s\r\n", in, out);
+		call_emit_event(c, "ElevenLabsConvAIStart", body);
+	}
 }
 
 /* END: "STATUS\treason\tdetail" */
@@ -814,8 +977,8 @@ static void call_on_commands(struct convai_call *c)
 			c->playing = 0;
 			break;
 		default:
-			ast_log(LOG_WARNING, "%s: unknown command %u from the Python runtime\n",
-				ast_channel_name(c->chan), type);
+			ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: unknown command %u from the Python "
+				"runtime\n", ast_channel_name(c->chan), c->agent->name, type);
 		}
 	}
 }
@@ -1034,7 +1197,8 @@ static void call_on_dtmf(struct convai_call *c, struct ast_frame *f)
 	char digit[2] = { (char) f->subclass.integer, '\0' };
 
 	if (c->started && !c->draining) {
-		ast_debug(1, "%s: DTMF '%s' passed to the agent\n", ast_channel_name(c->chan), digit);
+		ast_debug(1, LOG_PREFIX "%s [%s]: DTMF '%s' passed to the agent\n",
+			ast_channel_name(c->chan), c->agent->name, digit);
 		call_notify_python(c, CONVAI_CMD_DTMF, digit);
 	}
 }
@@ -1079,12 +1243,12 @@ static void call_loop(struct convai_call *c)
 			call_set_end(c, CALL_HANGUP, "caller_hangup");
 		}
 		if (!c->started && elapsed > START_TIMEOUT_MS) {
-			ast_log(LOG_ERROR, "%s: agent [%s] did not start within %d s\n",
+			ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the agent did not start within %d s\n",
 				ast_channel_name(c->chan), c->agent->name, START_TIMEOUT_MS / 1000);
 			call_set_end(c, CALL_FAILED, "start_timeout");
 		} else if (max_ms > 0 && elapsed > max_ms && !c->draining) {
-			ast_log(LOG_NOTICE, "%s: max_duration of %d s reached\n",
-				ast_channel_name(c->chan), c->agent->max_duration);
+			ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: max_duration of %d s reached\n",
+				ast_channel_name(c->chan), c->agent->name, c->agent->max_duration);
 			call_set_end(c, CALL_COMPLETED, "max_duration");
 		} else if (c->draining && ast_tvdiff_ms(ast_tvnow(), c->drain_start) > DRAIN_MAX_MS) {
 			call_set_end(c, c->final_status, c->final_reason);
@@ -1139,7 +1303,7 @@ static void session_fill_extra(struct convai_session *s, struct ast_channel *cha
 	if (json && strlen(json) < sizeof(s->extra_json)) {
 		strcpy(s->extra_json, json);   /* length checked */
 	} else {
-		ast_log(LOG_WARNING, "%s: agent [%s] dynamic variables and overrides are too long; "
+		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: dynamic variables and overrides are too long; "
 			"not sent\n", ast_channel_name(chan), a->name);
 	}
 	ast_json_free(json);
@@ -1247,21 +1411,28 @@ static void call_set_result(struct convai_call *c)
 		convai_stat_get(c->sess, CONVAI_STAT_INTERRUPTIONS),
 		convai_stat_get(c->sess, CONVAI_STAT_UNDERRUNS), c->sess->hist[CONVAI_HIST_FIRST_FRAME]);
 	if (c->status == CALL_FAILED) {
-		ast_log(LOG_WARNING, "%s: conversation %s with agent [%s] failed: %s after %s s\n",
-			ast_channel_name(c->chan), S_OR(c->conversation_id, "(none)"), c->agent->name,
-			c->reason, duration);
+		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: conversation %s with agent [%s] failed: %s "
+			"after %s s\n", ast_channel_name(c->chan), c->agent->name,
+			S_OR(c->conversation_id, "(none)"), c->agent->name, c->reason, duration);
 	} else {
-		ast_log(LOG_NOTICE, "%s: conversation %s with agent [%s] ended: %s (%s) after %s s\n",
-			ast_channel_name(c->chan), S_OR(c->conversation_id, "(none)"), c->agent->name,
-			status_names[c->status], c->reason, duration);
+		ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: conversation %s with agent [%s] ended: %s (%s) "
+			"after %s s\n", ast_channel_name(c->chan), c->agent->name,
+			S_OR(c->conversation_id, "(none)"), c->agent->name, status_names[c->status],
+			c->reason, duration);
 	}
 }
 
-static int fail_early(struct ast_channel *chan, const char *reason)
+/* The call never reached the agent: the result variables and an End event; the dialplan
+ * goes on. */
+static int fail_early(struct ast_channel *chan, const char *agent, const char *reason)
 {
+	char body[128];
+
 	pbx_builtin_setvar_helper(chan, "ELEVENLABS_STATUS", "FAILED");
 	pbx_builtin_setvar_helper(chan, "ELEVENLABS_END_REASON", reason);
 	pbx_builtin_setvar_helper(chan, "ELEVENLABS_CONVERSATION_ID", "");
+	snprintf(body, sizeof(body), "Status: FAILED\r\nReason: %s\r\nDuration: 0.000\r\n", reason);
+	emit_event(chan, S_OR(agent, ""), "", "", "ElevenLabsConvAIEnd", body);
 	return 0;
 }
 
@@ -1320,20 +1491,25 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	parse = ast_strdupa(S_OR(data, ""));
 	AST_STANDARD_APP_ARGS(args, parse);
 	if (ast_strlen_zero(args.agent)) {
-		ast_log(LOG_ERROR, "%s requires an agent: %s(agent[,options])\n", APP_NAME, APP_NAME);
-		return fail_early(chan, "unknown_agent");
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: %s requires an agent: %s(agent[,options]); "
+			"ELEVENLABS_STATUS=FAILED\n", ast_channel_name(chan), APP_NAME, APP_NAME);
+		return fail_early(chan, "", "unknown_agent");
 	}
 	if (!ast_strlen_zero(args.options)) {
 		ast_app_parse_options(convai_opts, &opts, NULL, args.options);
 	}
 	if (!cfg || !config_find_agent(cfg, args.agent)) {
-		ast_log(LOG_ERROR, "%s: agent [%s] is not configured (or disabled by errors) in %s\n",
-			ast_channel_name(chan), args.agent, CONFIG_FILE);
-		return fail_early(chan, "unknown_agent");
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: agent [%s] %s; ELEVENLABS_STATUS=FAILED\n",
+			ast_channel_name(chan), args.agent, args.agent,
+			cfg && config_is_disabled(cfg, args.agent)
+				? "is disabled: its section in " CONFIG_FILE " has errors (see the last (re)load)"
+				: "is not configured in " CONFIG_FILE);
+		return fail_early(chan, args.agent, "unknown_agent");
 	}
 	if (!runtime_up || convai_host_stopping(&host)) {
-		ast_log(LOG_ERROR, "%s: the Python runtime is not running\n", ast_channel_name(chan));
-		return fail_early(chan, "runtime_unavailable");
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the Python runtime is not running; "
+			"ELEVENLABS_STATUS=FAILED\n", ast_channel_name(chan), args.agent);
+		return fail_early(chan, args.agent, "runtime_unavailable");
 	}
 	if (ast_channel_state(chan) != AST_STATE_UP && ast_answer(chan)) {
 		return -1;
@@ -1341,14 +1517,23 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	c = ast_calloc(1, sizeof(*c));
 	if (!c || !(c->sess = session_new())) {
 		ast_free(c);
-		return fail_early(chan, "runtime_unavailable");
+		return fail_early(chan, args.agent, "runtime_unavailable");
 	}
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (c->tfd < 0) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot create a timer: %s\n",
+			ast_channel_name(chan), args.agent, strerror(errno));
+		session_release(c->sess);
+		session_release(c->sess);   /* Python's reference too: it never saw the session */
+		ast_free(c);
+		return fail_early(chan, args.agent, "runtime_unavailable");
+	}
 	c->chan = chan;
 	c->agent = ao2_bump(config_find_agent(cfg, args.agent));
 	c->start = ast_tvnow();
 	session_fill(c->sess, chan, c->agent);
-	ast_verb(3, "%s: connecting to agent [%s]\n", ast_channel_name(chan), c->agent->name);
+	ast_verb(3, LOG_PREFIX "%s [%s]: connecting to agent [%s] (agent ID %s)\n",
+		ast_channel_name(chan), c->agent->name, c->agent->name, c->agent->agent_id);
 
 	call_run(c);
 	call_set_result(c);
@@ -1382,19 +1567,34 @@ static const char *redact(const char *key, char *buf, size_t len)
 	return buf;
 }
 
+/* An endpoint as shown by the CLI: a query string could carry a secret, so it is hidden. */
+static const char *redact_endpoint(const char *url, char *buf, size_t len)
+{
+	const char *q = strchr(url, '?');
+
+	if (!q) {
+		return url;
+	}
+	snprintf(buf, len, "%.*s?<redacted>", (int) MIN((size_t) (q - url), len), url);
+	return buf;
+}
+
 static char *cli_debug(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 {
+	static const char * const choices[] = { "on", "off", NULL };
+
 	switch (cmd) {
 	case CLI_INIT:
-		e->command = "elevenlabs debug {on|off}";
+		e->command = "elevenlabs debug";
 		e->usage =
 			"Usage: elevenlabs debug {on|off}\n"
-			"       Turn the detailed protocol log (VAD scores, interruptions, events) on or off.\n";
+			"       Turn the detailed protocol log (VAD scores, interruptions, events) on or off.\n"
+			"       The setting lasts until changed here or by debug= in elevenlabs.conf.\n";
 		return NULL;
 	case CLI_GENERATE:
-		return NULL;
+		return a->pos == 2 ? ast_cli_complete(a->word, choices, a->n) : NULL;
 	}
-	if (a->argc != e->args) {
+	if (a->argc != 3 || (strcasecmp(a->argv[2], "on") && strcasecmp(a->argv[2], "off"))) {
 		return CLI_SHOWUSAGE;
 	}
 	atomic_store(&host.debug, !strcasecmp(a->argv[2], "on"));
@@ -1405,6 +1605,8 @@ static char *cli_debug(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 
 static char *cli_reload(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 {
+	RAII_VAR(struct convai_config *, cfg, NULL, ao2_cleanup);
+
 	switch (cmd) {
 	case CLI_INIT:
 		e->command = "elevenlabs reload";
@@ -1423,7 +1625,15 @@ static char *cli_reload(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a
 			CONFIG_FILE);
 		return CLI_FAILURE;
 	}
-	ast_cli(a->fd, "%s reloaded\n", CONFIG_FILE);
+	cfg = ao2_global_obj_ref(global_config);
+	if (cfg && cfg->problems) {
+		ast_cli(a->fd, "%s reloaded with %d problem(s); see the log. %zu agent(s) configured; "
+			"sections with errors keep their last good settings or are disabled.\n",
+			CONFIG_FILE, cfg->problems, AST_VECTOR_SIZE(&cfg->agents));
+		return CLI_SUCCESS;
+	}
+	ast_cli(a->fd, "%s reloaded: %zu agent(s) configured\n", CONFIG_FILE,
+		cfg ? AST_VECTOR_SIZE(&cfg->agents) : 0);
 	return CLI_SUCCESS;
 }
 
@@ -1449,15 +1659,16 @@ static char *cli_show_agents(struct ast_cli_entry *e, int cmd, struct ast_cli_ar
 	if (!cfg) {
 		return CLI_FAILURE;
 	}
-	ast_cli(a->fd, "%-20s %-36s %-10s %-6s %-9s %-8s %s\n", "Agent", "Agent ID", "API key",
-		"Caller", "Buffer ms", "On end", "Signed URL endpoint");
+	ast_cli(a->fd, "%-20s %-34s %-9s %-6s %-9s %-8s %-6s %s\n", "Agent", "Agent ID", "API key",
+		"Caller", "Buffer ms", "On end", "Max s", "Signed URL endpoint");
 	for (i = 0; i < AST_VECTOR_SIZE(&cfg->agents); i++) {
 		struct convai_agent *ag = AST_VECTOR_GET(&cfg->agents, i);
-		char key[16];
+		char key[16], url[sizeof(ag->endpoint) + 16];
 
-		ast_cli(a->fd, "%-20s %-36s %-10s %-6s %-9d %-8s %s\n", ag->name, ag->agent_id,
+		ast_cli(a->fd, "%-20s %-34s %-9s %-6s %-9d %-8s %-6d %s\n", ag->name, ag->agent_id,
 			redact(ag->api_key, key, sizeof(key)), AST_CLI_YESNO(ag->send_caller_number),
-			ag->buffer_ms, ag->hangup_on_end ? "hangup" : "continue", ag->endpoint);
+			ag->buffer_ms, ag->hangup_on_end ? "hangup" : "continue", ag->max_duration,
+			redact_endpoint(ag->endpoint, url, sizeof(url)));
 	}
 	ast_cli(a->fd, "%zu agent(s); debug %s; Python %s\n", AST_VECTOR_SIZE(&cfg->agents),
 		atomic_load(&host.debug) ? "on" : "off", S_OR(convai_pyhost_version(), "not running"));
@@ -1468,13 +1679,17 @@ static void cli_show_call_row(int fd, struct convai_call *c)
 {
 	struct convai_session *s = c->sess;
 	uint32_t queued = convai_ring_count(s->down) + convai_stat_get(s, CONVAI_STAT_BACKLOG_FRAMES);
+	int64_t secs = ast_tvdiff_ms(ast_tvnow(), c->start) / 1000;
 
-	ast_cli(fd, "%-32s %-14s %-34s %8.1f %-9s %6u %8" PRIu64 " %5" PRIu64 " %7.1f %5" PRIu64 "\n",
+	ast_cli(fd, "%-32s %-14s %-34s %02d:%02d:%02d %-9s %9u %8" PRIu64 " %4" PRIu64 " %7.1f %5"
+		PRIu64 " %10" PRIu64 " %10" PRIu64 "\n",
 		ast_channel_name(c->chan), c->agent->name, S_OR(c->conversation_id, "(connecting)"),
-		ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0, S_OR(c->out_format, "-"), queued * 20,
+		(int) (secs / 3600), (int) (secs / 60 % 60), (int) (secs % 60),
+		S_OR(c->out_format, "-"), queued * 20,
 		convai_stat_get(s, CONVAI_STAT_LAST_EVENT_ID), convai_stat_get(s, CONVAI_STAT_INTERRUPTIONS),
 		convai_stat_get(s, CONVAI_STAT_PING_RTT_US) / 1000.0,
-		convai_stat_get(s, CONVAI_STAT_UNDERRUNS));
+		convai_stat_get(s, CONVAI_STAT_UNDERRUNS), convai_stat_get(s, CONVAI_STAT_BYTES_UP),
+		convai_stat_get(s, CONVAI_STAT_BYTES_DOWN));
 }
 
 static char *cli_show_calls(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
@@ -1495,8 +1710,9 @@ static char *cli_show_calls(struct ast_cli_entry *e, int cmd, struct ast_cli_arg
 	if (a->argc != e->args) {
 		return CLI_SHOWUSAGE;
 	}
-	ast_cli(a->fd, "%-32s %-14s %-34s %8s %-9s %6s %8s %5s %7s %5s\n", "Channel", "Agent",
-		"Conversation", "Duration", "Format", "Queued", "Event ID", "Intr", "RTT ms", "Under");
+	ast_cli(a->fd, "%-32s %-14s %-34s %-8s %-9s %9s %8s %4s %7s %5s %10s %10s\n", "Channel",
+		"Agent", "Conversation", "Duration", "Format", "Queued ms", "Event ID", "Intr", "RTT ms",
+		"Under", "Bytes up", "Bytes down");
 	AST_RWLIST_RDLOCK(&live_calls);
 	AST_RWLIST_TRAVERSE(&live_calls, c, list) {
 		cli_show_call_row(a->fd, c);
@@ -1530,9 +1746,11 @@ static void cli_show_call_detail(int fd, struct convai_call *c)
 	struct convai_session *s = c->sess;
 
 	ast_cli(fd, "Channel:          %s\n", ast_channel_name(c->chan));
-	ast_cli(fd, "Agent:            %s\n", c->agent->name);
+	ast_cli(fd, "Uniqueid:         %s\n", ast_channel_uniqueid(c->chan));
+	ast_cli(fd, "Agent:            %s (agent ID %s)\n", c->agent->name, c->agent->agent_id);
 	ast_cli(fd, "Conversation ID:  %s\n", S_OR(c->conversation_id, "(connecting)"));
-	ast_cli(fd, "Duration:         %.1f s\n", ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0);
+	ast_cli(fd, "Duration:         %.1f s (max_duration %d s)\n",
+		ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0, c->agent->max_duration);
 	ast_cli(fd, "Audio in/out:     %s / %s\n", S_OR(c->in_format, "-"), S_OR(c->out_format, "-"));
 	ast_cli(fd, "State:            %s%s\n", c->playing ? "agent speaking" : "listening",
 		c->draining ? ", ending (playing out)" : "");
@@ -1634,7 +1852,7 @@ static int stop_runtime(void)
 	atomic_store(&host.stop, 1);
 	eventfd_write(host.wake_efd, 1);
 	if (convai_pyhost_join(3000)) {
-		ast_log(LOG_WARNING, "The Python runtime did not stop within 3 s; leaving it\n");
+		ast_log(LOG_WARNING, LOG_PREFIX "the Python runtime did not stop within 3 s; leaving it\n");
 		return -1;
 	}
 	runtime_up = 0;
@@ -1670,18 +1888,18 @@ static int start_runtime(void)
 	host.release_session = session_release;
 	host.wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (host.wake_efd < 0) {
-		ast_log(LOG_ERROR, "Cannot create an eventfd: %s\n", strerror(errno));
+		ast_log(LOG_ERROR, LOG_PREFIX "cannot create an eventfd: %s\n", strerror(errno));
 		return -1;
 	}
 	if (convai_pyhost_start(&host, cfg->python_path, 30000, err, sizeof(err))) {
-		ast_log(LOG_ERROR, "ElevenLabsConvAI not loaded: the Python runtime is unavailable "
-			"(python_path %s): %s\n", cfg->python_path, err);
+		ast_log(LOG_ERROR, LOG_PREFIX "ElevenLabsConvAI not loaded: the Python runtime is "
+			"unavailable (python_path %s): %s\n", cfg->python_path, err);
 		close(host.wake_efd);
 		host.wake_efd = -1;
 		return -1;
 	}
 	runtime_up = 1;
-	ast_verb(2, "ElevenLabsConvAI: Python %s runtime up in %" PRIi64 " ms\n",
+	ast_verb(2, LOG_PREFIX "Python %s runtime up in %" PRIi64 " ms\n",
 		convai_pyhost_version(), ast_tvdiff_ms(ast_tvnow(), t0));
 	return 0;
 }
@@ -1701,7 +1919,7 @@ static int load_module(void)
 		return AST_MODULE_LOAD_DECLINE;
 	}
 	if (convai_metrics_register()) {
-		ast_verb(2, "ElevenLabsConvAI: Prometheus metrics registered\n");
+		ast_verb(2, LOG_PREFIX "Prometheus metrics registered\n");
 	}
 	/* An embedded interpreter cannot be started twice: stay loaded until shutdown. */
 	ast_module_shutdown_ref(AST_MODULE_SELF);

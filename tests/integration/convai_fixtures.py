@@ -111,3 +111,98 @@ def convai_asterisk(
         return ast
 
     return make
+
+
+# --- operator-surface helpers (tests/integration/test_config.py, test_operator.py) ----------------
+
+
+def write_elevenlabs_conf(ast: Asterisk, text: str, mode: int = 0o640) -> None:
+    """Replace elevenlabs.conf of a running instance (then reload it); mode 0640 by default.
+    The mtime is bumped so ``module reload`` (which skips unchanged files) sees the change."""
+    import time as _time
+
+    path = ast.etc / "elevenlabs.conf"
+    old = path.stat().st_mtime if path.exists() else 0.0
+    path.write_text(text)
+    os.chmod(path, mode)
+    new = max(_time.time(), old + 2.0)
+    os.utime(path, (new, new))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy (which is returned)."""
+    import time as _time
+
+    deadline = _time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if _time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what or predicate}")
+        _time.sleep(0.05)
+
+
+def live_calls(ast: Asterisk) -> list[dict[str, str]]:
+    """The rows of ``elevenlabs show calls``, as dicts keyed by the column headers."""
+    out = ast.cli("elevenlabs show calls")
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("Channel"))
+    names = [
+        "Channel", "Agent", "Conversation", "Duration", "Format", "Queued ms", "Event ID",
+        "Intr", "RTT ms", "Under", "Bytes up", "Bytes down",
+    ]  # fmt: skip
+    rows = []
+    for line in lines[header + 1 :]:
+        if "active conversation(s)" in line or not line.strip():
+            continue
+        rows.append(dict(zip(names, line.split(), strict=True)))
+    return rows
+
+
+def wait_for_conversation(
+    ast: Asterisk, agent: str | None = None, timeout: float = 15.0
+) -> dict[str, str]:
+    """The first row of ``elevenlabs show calls`` (for ``agent``) once it has a conversation id."""
+
+    def ready() -> dict[str, str] | None:
+        for row in live_calls(ast):
+            if row["Conversation"].startswith("conv_") and agent in (None, row["Agent"]):
+                return row
+        return None
+
+    return wait_until(ready, timeout, f"a conversation with agent {agent}")
+
+
+# Any extension of letters, digits and _ (starting with a letter) calls the agent of that name;
+# the h extension logs the result, whether the app hung up or the dialplan went on.
+DIALPLAN_BY_AGENT = """
+[test]
+exten => _[a-z].,1,Set(AGENT=${EXTEN})
+ same => n,Answer()
+ same => n,ElevenLabsConvAI(${EXTEN})
+ same => n,Hangup()
+exten => h,1,Verbose(1,RESULT agent=${AGENT} chan=${CHANNEL} status=${ELEVENLABS_STATUS} \
+reason=${ELEVENLABS_END_REASON} conv=${ELEVENLABS_CONVERSATION_ID})
+"""
+
+
+def call_agent(ast: Asterisk, agent: str, wait_s: int = 60) -> None:
+    """A Local channel into DIALPLAN_BY_AGENT: one leg talks to ``agent``, the other waits."""
+    ast.originate_local(agent, app="Wait", data=str(wait_s))
+
+
+def wait_result(ast: Asterisk, agent: str, since: int = 0, timeout: float = 30.0) -> dict[str, str]:
+    """The RESULT line of the next call to ``agent`` as a dict (agent, chan, status, ...)."""
+    m = ast.wait_for_log(
+        rf"RESULT agent={agent} chan=(\S+) status=(\S*) reason=(\S*) conv=([^\s\"]*)$",
+        timeout=timeout,
+        since=since,
+    )
+    return {
+        "agent": agent,
+        "chan": m.group(1),
+        "status": m.group(2),
+        "reason": m.group(3),
+        "conv": m.group(4),
+    }
