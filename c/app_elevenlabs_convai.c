@@ -1433,6 +1433,7 @@ static int fail_early(struct ast_channel *chan, const char *agent, const char *r
 	pbx_builtin_setvar_helper(chan, "ELEVENLABS_CONVERSATION_ID", "");
 	snprintf(body, sizeof(body), "Status: FAILED\r\nReason: %s\r\nDuration: 0.000\r\n", reason);
 	emit_event(chan, S_OR(agent, ""), "", "", "ElevenLabsConvAIEnd", body);
+	convai_metrics_call_failed_early();
 	return 0;
 }
 
@@ -1562,8 +1563,8 @@ static const char *redact(const char *key, char *buf, size_t len)
 {
 	size_t n = strlen(key);
 
-	/* Short keys are shown as stars only: four characters of a short key say too much. */
-	snprintf(buf, len, "****%s", n > 12 ? key + n - 4 : "");
+	/* Short keys are shown as stars only (the same rule as redact_key() in session.py). */
+	snprintf(buf, len, "****%s", n >= 16 ? key + n - 4 : "");
 	return buf;
 }
 

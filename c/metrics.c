@@ -83,6 +83,11 @@ void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint6
  * One metric, or a family of \a n metrics that share a name and differ by one label (the
  * first is the parent, the rest its children, so HELP and TYPE are printed once).
  */
+void convai_metrics_call_failed_early(void)
+{
+	atomic_fetch_add(&m.calls[STATUS_MAX - 1], 1);   /* FAILED */
+}
+
 static void render_family(struct ast_str **out, enum prometheus_metric_type type,
 	const char *name, const char *help, const char *label, const char **values,
 	const uint64_t *v, int n)

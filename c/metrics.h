@@ -24,4 +24,7 @@ void convai_metrics_call_started(void);
 void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint64_t underruns,
 	const uint32_t *first_frame);
 
+/*! \brief A call that failed before its conversation could start (unknown agent, ...). */
+void convai_metrics_call_failed_early(void);
+
 #endif /* CONVAI_METRICS_H */

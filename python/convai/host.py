@@ -171,6 +171,7 @@ class CallBridge:
         self.callid = int(sess.callid)
         self.channel = _cstr(sess.channel)
         self.config = agent_config_from(sess)
+        self.tag = f"{self.channel} [{self.config.name}]"  # as the session and C tag lines
         self.session = Session(
             self.config,
             call_info_from(sess),
@@ -339,7 +340,7 @@ class CallBridge:
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPTIONS, self.session.interruptions)
         if log.isEnabledFor(logging.DEBUG):
             for line in protocol.format_interruption(event_id, removed, remaining):
-                log.debug("%s", line)
+                log.debug("%s: %s", self.tag, line)
         self._command(
             lib.CONVAI_CMD_EVENT, f"ElevenLabsConvAIInterruption\r\nEventID: {event_id}\r\n"
         )

@@ -789,7 +789,8 @@ class Session:
         ms = min(max(self.config.audio_frames_buffer_ms, 20), 2000)
         self._chunk_bytes = max(protocol.bytes_for_ms(fmt.name, ms), fmt.sample_width)
         self._up_backlog = max(2, math.ceil(UP_BACKLOG_MS / ms))
-        self.log.info(
+        # Asterisk logs the start itself; this is the protocol-level detail.
+        self.log.debug(
             "%s: conversation %s started (input %s, output %s)",
             self._tag,
             ev.conversation_id,
@@ -897,7 +898,8 @@ class Session:
         return self._result(reason, code, detail)
 
     def _log_end(self, result: SessionResult) -> None:
-        level = logging.INFO if result.status != STATUS_FAILED else logging.WARNING
+        # Asterisk logs every end; a failure's cause is only known here, so it stays visible.
+        level = logging.DEBUG if result.status != STATUS_FAILED else logging.WARNING
         self.log.log(
             level,
             "%s: conversation %s ended: %s/%s (close code %s) after %.1f s: %s",

@@ -53,6 +53,11 @@ def test_metrics_are_exported_when_res_prometheus_is_loaded(
     assert value(after, "asterisk_elevenlabs_underruns_total") == 0
     assert value(after, "asterisk_elevenlabs_first_audio_seconds_count") >= 1
     assert value(after, 'asterisk_elevenlabs_first_audio_seconds_bucket{le="+Inf"}') >= 1
+    # A call that fails before it starts is counted too.
+    ast.cli("dialplan add extension 200,1,ElevenLabsConvAI(nosuch) into test")
+    ast.originate_local("200", app="Wait", data="2")
+    ast.wait_for_log(r"agent \[nosuch\]", timeout=10)
+    assert value(scrape(port), 'asterisk_elevenlabs_calls_total{status="FAILED"}') == 1
     # Low cardinality: no per-call or per-channel labels anywhere.
     assert "Local/" not in after and "conv_" not in after
 
