@@ -868,7 +868,9 @@ static void call_on_started(struct convai_call *c, char *text)
 	char *in = strsep(&text, "\t");
 	char *out = text;
 	uint32_t up_bytes;
-	struct itimerspec its = { { 0, 20000000 }, { 0, 20000000 } };
+	/* The first tick at once, not 20 ms on: the greeting often reaches the ring before this
+	 * command does, and would otherwise wait a whole extra frame (bench/README.md). */
+	struct itimerspec its = { { 0, 20000000 }, { 0, 1 } };
 
 	if (c->started || !conv || !in || !out
 		|| format_for(in, &c->read_fmt, &up_bytes) || format_for(out, &c->write_fmt, &c->frame_bytes)) {
@@ -912,6 +914,9 @@ static void call_on_end(struct convai_call *c, char *text)
 	char *reason = strsep(&text, "\t");
 	enum call_status st = CALL_FAILED;
 
+	if (c->draining) {
+		return;   /* already ending (max_duration): that result stands */
+	}
 	if (status && !strcmp(status, "COMPLETED")) {
 		st = CALL_COMPLETED;
 	} else if (status && !strcmp(status, "HANGUP")) {
@@ -1221,6 +1226,20 @@ static int call_on_channel(struct convai_call *c)
 	return 0;
 }
 
+/*
+ * The agent's max_duration: the conversation ends, but what the caller has not heard yet of
+ * the agent's last words still plays out, as when the service ends it. Python is told at once
+ * so it closes the WebSocket; the loop then drains the ring.
+ */
+static void call_end_at_max_duration(struct convai_call *c)
+{
+	call_notify_python(c, CONVAI_CMD_HANGUP, "");
+	c->draining = 1;
+	c->drain_start = ast_tvnow();
+	c->final_status = CALL_COMPLETED;
+	ast_copy_string(c->final_reason, "max_duration", sizeof(c->final_reason));
+}
+
 static void call_loop(struct convai_call *c)
 {
 	int fds[2] = { c->tfd, c->sess->down_efd };
@@ -1249,7 +1268,7 @@ static void call_loop(struct convai_call *c)
 		} else if (max_ms > 0 && elapsed > max_ms && !c->draining) {
 			ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: max_duration of %d s reached\n",
 				ast_channel_name(c->chan), c->agent->name, c->agent->max_duration);
-			call_set_end(c, CALL_COMPLETED, "max_duration");
+			call_end_at_max_duration(c);
 		} else if (c->draining && ast_tvdiff_ms(ast_tvnow(), c->drain_start) > DRAIN_MAX_MS) {
 			call_set_end(c, c->final_status, c->final_reason);
 		}

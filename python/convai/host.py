@@ -241,18 +241,20 @@ class CallBridge:
             elif kind == lib.CONVAI_CMD_HANGUP:
                 self.c_gone = True
                 self.session.hangup()
-        n = lib.convai_ring_pop_many(
-            self.sess.up, self._up_buf, len(self._up_buf), lib.CONVAI_UP_SLOTS, self._stamp
-        )
-        if n:
+        # One pop per chunk, so each chunk's wait (its last frame queued -> handed over) is
+        # sampled, also when several piled up while the loop was busy.
+        batch = max(1, int(self.sess.up_batch_frames))
+        while n := lib.convai_ring_pop_many(
+            self.sess.up, self._up_buf, len(self._up_buf), batch, self._stamp
+        ):
             lib.convai_hist_add(
                 self.sess,
                 lib.CONVAI_HIST_UPLINK,
                 (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF,
             )
-        if n and not self.c_gone:
-            self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
-            lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
+            if not self.c_gone:
+                self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
+        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
 
     # --- agent audio toward the caller --------------------------------------------------------
     def _push(self, frames: list[tuple[int, bytes]]) -> None:

@@ -27,7 +27,9 @@ from types import TracebackType
 CODECS: dict[str, tuple[int, str, int, int, int]] = {
     "PCMU": (0, "PCMU/8000", 160, 160, 0xFF),
     "PCMA": (8, "PCMA/8000", 160, 160, 0xD5),
-    "G722": (9, "G722/8000", 160, 160, 0x00),  # RFC 3551: 8000 clock for 16 kHz G.722
+    # RFC 3551: 8000 clock for 16 kHz G.722. A constant 0xFC decodes to digital silence
+    # (Asterisk's codec_g722); 0x00 would decode to a full-scale signal.
+    "G722": (9, "G722/8000", 160, 160, 0xFC),
 }
 DTMF_PT = 101
 
@@ -41,6 +43,13 @@ class RtpPacket:
     marker: bool
     ssrc: int
     payload: bytes
+    # When the kernel received it (CLOCK_REALTIME, the time.time_ns() scale; SO_TIMESTAMPNS):
+    # free of this process's scheduling and GIL delays. 0 where the kernel gives none.
+    kernel_ns: int = 0
+
+
+# Linux: not exported by Python's socket module. SCM_TIMESTAMPNS has the same value.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 class SipError(RuntimeError):
@@ -296,14 +305,22 @@ class RtpCall:
 
     def _rtp_recv_loop(self) -> None:
         self.rtp.settimeout(0.1)
+        with contextlib.suppress(OSError):  # no kernel timestamps: kernel_ns stays 0
+            self.rtp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        ancbuf = socket.CMSG_SPACE(16)
         while not self._stop.is_set():
             try:
-                data, _ = self.rtp.recvfrom(4096)
+                data, anc, _, _ = self.rtp.recvmsg(4096, ancbuf)
             except TimeoutError:
                 continue
             except OSError:
                 return
             now = time.monotonic_ns()
+            kernel_ns = 0
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
+                    sec, nsec = struct.unpack("qq", cdata[:16])
+                    kernel_ns = sec * 1_000_000_000 + nsec
             if len(data) < 12 or data[0] >> 6 != 2:
                 continue
             b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", data[:12])
@@ -313,7 +330,9 @@ class RtpCall:
             payload = data[off:]
             if b0 & 0x20 and payload:  # padding
                 payload = payload[: -payload[-1]]
-            self.received.append(RtpPacket(now, seq, ts, b1 & 0x7F, bool(b1 & 0x80), ssrc, payload))
+            self.received.append(
+                RtpPacket(now, seq, ts, b1 & 0x7F, bool(b1 & 0x80), ssrc, payload, kernel_ns)
+            )
 
     def send_audio(self, payload: bytes, wait: bool = False) -> None:
         """Queue raw payload (in the call's codec) to be sent in 20 ms packets; a short last
