@@ -20,6 +20,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -147,6 +148,7 @@ static void *owner_main(void *unused)
 	PyObject *mod, *res;
 
 	(void) unused;
+	pthread_setname_np(pthread_self(), "convai-python");   /* as `top -H` shows it */
 	if (promote_libpython()) {
 		owner_set_state(OWNER_FAILED);
 		return NULL;
@@ -218,6 +220,17 @@ int convai_pyhost_start(struct convai_host *host, const char *python_dir, int ti
 
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, 8 * 1024 * 1024);
+	/*
+	 * Never realtime, even under `asterisk -p`: the rings hold seconds of audio, so Python can
+	 * wait, while a channel thread that owes a frame every 20 ms must never wait behind it.
+	 */
+	{
+		struct sched_param normal = { .sched_priority = 0 };
+
+		pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+		pthread_attr_setschedpolicy(&attr, SCHED_OTHER);
+		pthread_attr_setschedparam(&attr, &normal);
+	}
 	/* The thread inherits this mask: no Asterisk signal is ever delivered to Python. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);

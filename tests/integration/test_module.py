@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -112,3 +113,18 @@ def test_unload_is_refused_and_shutdown_is_clean(
     print(f"core stop gracefully took {took:.2f} s")
     assert took < 5
     assert ast.exit_code == 0, ast.exit_code
+
+
+def test_python_runs_below_the_media_threads_under_realtime_priority(
+    simulator: Callable[..., Simulator], convai_asterisk: Callable[..., Asterisk]
+) -> None:
+    """Under `asterisk -p` the channel threads are SCHED_RR; the Python thread must not be."""
+    sim = simulator()
+    ast = convai_asterisk(agents={"sim": agent(sim)}, options="highpriority = yes")
+    assert ast.pid is not None
+    tasks = Path(f"/proc/{ast.pid}/task")
+    names = {int(t.name): (t / "comm").read_text().strip() for t in tasks.iterdir()}
+    python = [tid for tid, name in names.items() if name == "convai-python"]
+    assert len(python) == 1, names
+    assert os.sched_getscheduler(ast.pid) == os.SCHED_RR  # Asterisk itself is realtime
+    assert os.sched_getscheduler(python[0]) == os.SCHED_OTHER
