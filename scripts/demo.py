@@ -109,6 +109,7 @@ def main() -> int:
             configs=conf,
             extra_modules=[MODULE],
             more_modules=["app_mixmonitor", "format_wav"],
+            options="highpriority = yes\n",  # as Debian's asterisk.service runs it (-p)
         )
         boot = ast.start()
         say(
