@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from asterisk import ASTERISK, Asterisk, AsteriskFactory
 
+# The module's own fixtures, for every test in this directory.
+from convai_fixtures import convai_asterisk, simulator  # noqa: F401
+
 HERE = Path(__file__).resolve().parent
 MODULE = Path(os.environ.get("CONVAI_MODULE", "/var/tmp/convai-build/app_elevenlabs_convai.so"))
 PYTHON_DIR = Path(os.environ.get("CONVAI_PYTHON_DIR", "/var/tmp/convai-stage/python"))

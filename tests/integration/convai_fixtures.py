@@ -1,12 +1,12 @@
-"""Fixtures for tests of app_elevenlabs_convai against a real Asterisk and the simulator.
+"""Fixtures and helpers for tests of app_elevenlabs_convai against a real Asterisk and the
+simulator. conftest.py makes the fixtures (``simulator``, ``convai_asterisk``) available to
+every test here; tests import the helpers they use:
 
-Import the fixtures you use into the test module (pytest finds them there):
-
-    from convai_fixtures import convai_asterisk, simulator  # noqa: F401
+    from convai_fixtures import agent
 
     def test_something(simulator, convai_asterisk):
         sim = simulator(Scenario(end_after_turns=1))
-        ast = convai_asterisk(agents={"sim": agent(sim)}, dialplan=CALL_100)
+        ast = convai_asterisk(agents={"sim": agent(sim)})
         ...
 """
 

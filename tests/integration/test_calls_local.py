@@ -30,7 +30,7 @@ from calls_util import (
     stat,
     wait_until,
 )
-from convai_fixtures import RESULT, TEST_KEY, agent, convai_asterisk, simulator  # noqa: F401
+from convai_fixtures import RESULT, TEST_KEY, agent
 
 from convai.sim import ConversationRecord, Scenario, Simulator
 

@@ -45,7 +45,7 @@ from calls_util import (
     wait_for_bytes,
     wait_until,
 )
-from convai_fixtures import DIALPLAN_AGENT_100, agent, convai_asterisk, simulator  # noqa: F401
+from convai_fixtures import DIALPLAN_AGENT_100, agent
 from rtpcall import RtpCall
 from sipp import run_sipp, write_uac_scenario
 

@@ -13,14 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asterisk import Asterisk, AsteriskFactory
-from convai_fixtures import (  # noqa: F401
+from convai_fixtures import (
     DIALPLAN_BY_AGENT,
     TEST_KEY,
     agent,
     call_agent,
-    convai_asterisk,
     live_calls,
-    simulator,
     wait_for_conversation,
     wait_result,
     wait_until,

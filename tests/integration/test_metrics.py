@@ -7,7 +7,7 @@ import urllib.request
 from collections.abc import Callable
 
 from asterisk import Asterisk, free_port
-from convai_fixtures import agent, convai_asterisk, simulator  # noqa: F401
+from convai_fixtures import agent
 
 from convai.sim import Scenario, Simulator
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asterisk import Asterisk
-from convai_fixtures import TEST_KEY, agent, convai_asterisk, simulator  # noqa: F401
+from convai_fixtures import TEST_KEY, agent
 
 from convai.sim import Scenario, Simulator
 

@@ -14,14 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from asterisk import AMI, Asterisk, Message
-from convai_fixtures import (  # noqa: F401
+from convai_fixtures import (
     DIALPLAN_BY_AGENT,
     TEST_KEY,
     agent,
     call_agent,
-    convai_asterisk,
     live_calls,
-    simulator,
     wait_for_conversation,
     wait_result,
     wait_until,
