@@ -460,6 +460,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+# One decoder for every message: json.loads() with options builds a new one per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _excerpt(data: object) -> str:
     if isinstance(data, bytes | bytearray | memoryview):
         text = bytes(data[: EXCERPT_CHARS * 4]).decode("utf-8", errors="replace")
@@ -516,7 +520,7 @@ class ClientProtocol:
         else:
             return [MalformedMessage(f"unsupported frame type {type(data).__name__}", "")]
         try:
-            msg = json.loads(text, parse_constant=_reject_constant)
+            msg = _DECODER.decode(text)
         except (ValueError, RecursionError) as exc:
             return [MalformedMessage(f"invalid JSON: {exc}", _excerpt(text))]
         if not isinstance(msg, dict):
