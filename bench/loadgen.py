@@ -106,6 +106,7 @@ class Call:
         self._last_seq = -1
         self._seq_base = 0
         self.rx_other = 0
+        self.rx_no_kernel_ts = 0
         self.last_voiced_rt = 0
         self.first_voiced_rt = 0
         # Script (convai).
@@ -301,8 +302,9 @@ class Call:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
                 sec, nsec = struct.unpack_from("qq", cdata)
                 t = sec * 1_000_000_000 + nsec
-        if not t:
+        if not t:  # no kernel timestamp: counted, so a silent fallback cannot hide
             t = time.time_ns()
+            self.rx_no_kernel_ts += 1
         off = 12 + 4 * (data[0] & 0x0F)
         if data[0] & 0x10 and len(data) >= off + 4:
             off += 4 + 4 * ((data[off + 2] << 8) | data[off + 3])
@@ -376,6 +378,7 @@ class Call:
             "t_end": self.t_end / 1e9 if self.t_end else None,
             "rx": n,
             "rx_other": self.rx_other,
+            "rx_no_kernel_ts": self.rx_no_kernel_ts,
             "tx": self.tx_packets,
             "tx_late": self.tx_late,
         }

@@ -599,6 +599,7 @@ def summarise(
         "transport": "SIP/RTP (chan_pjsip, PCMU both ways)",
         "load_avg_1m": [m["load"][0][0], m["load"][1][0]],
         "answered": len(ok_calls),
+        "rx_without_kernel_timestamp": sum(c.get("rx_no_kernel_ts", 0) for c in calls),
         "end_by": dict(ends),
         "call_s": stats.percentiles([c["duration_s"] for c in ok_calls], (0.5,)),
         "setup_ms": stats.percentiles([c["setup_ms"] for c in ok_calls], (0.5, 0.99)),
