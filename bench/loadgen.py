@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from rtpcall import parse_sdp, parse_sip
+from rtpcall import parse_sdp, parse_sip, sip_response
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
 FRAME_NS = 20_000_000
@@ -501,19 +501,8 @@ class Gen:
             self.sip.sendto(text.encode(), self.remote)
 
     def sip_reply(self, headers: dict[str, str], status: str, body: str = "") -> None:
-        lines = [
-            f"SIP/2.0 {status}",
-            f"Via: {headers.get('via', '')}",
-            f"From: {headers.get('from', '')}",
-            f"To: {headers.get('to', '')}",
-            f"Call-ID: {headers.get('call-id', '')}",
-            f"CSeq: {headers.get('cseq', '')}",
-            f"Contact: <sip:bench@{self.local_host}:{self.sip_port}>",
-        ]
-        if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body.encode())}")
-        self.sip_send("\r\n".join(lines) + "\r\n\r\n" + body)
+        contact = f"sip:bench@{self.local_host}:{self.sip_port}"
+        self.sip_send(sip_response(headers, status, contact, body))
 
     def schedule_tx(self, call: Call) -> None:
         heapq.heappush(self.heap, (call.next_tx, call.pos))

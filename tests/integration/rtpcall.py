@@ -76,6 +76,23 @@ def parse_sip(data: bytes) -> tuple[str, dict[str, str], str]:
     return lines[0], headers, body
 
 
+def sip_response(headers: dict[str, str], status: str, contact: str, body: str = "") -> str:
+    """A response to the request whose (lower-cased) ``headers`` are given, with an SDP body."""
+    lines = [
+        f"SIP/2.0 {status}",
+        f"Via: {headers.get('via', '')}",
+        f"From: {headers.get('from', '')}",
+        f"To: {headers.get('to', '')}",
+        f"Call-ID: {headers.get('call-id', '')}",
+        f"CSeq: {headers.get('cseq', '')}",
+        f"Contact: <{contact}>",
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body.encode())}")
+    return "\r\n".join(lines) + "\r\n\r\n" + body
+
+
 def parse_sdp(body: str) -> tuple[str, int, list[int]]:
     """(connection address, audio port, payload types) of an SDP answer."""
     addr, port, pts = "", 0, []
@@ -195,19 +212,8 @@ class RtpCall:
         )
 
     def _reply(self, headers: dict[str, str], status: str, body: str = "") -> None:
-        lines = [
-            f"SIP/2.0 {status}",
-            f"Via: {headers.get('via', '')}",
-            f"From: {headers.get('from', '')}",
-            f"To: {headers.get('to', '')}",
-            f"Call-ID: {headers.get('call-id', '')}",
-            f"CSeq: {headers.get('cseq', '')}",
-            f"Contact: <sip:{self.user}@{self.local_host}:{self.sip_local_port}>",
-        ]
-        if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body.encode())}")
-        self._send_sip("\r\n".join(lines) + "\r\n\r\n" + body)
+        contact = f"sip:{self.user}@{self.local_host}:{self.sip_local_port}"
+        self._send_sip(sip_response(headers, status, contact, body))
 
     def _sip_loop(self) -> None:
         self.sip.settimeout(0.1)
