@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +70,10 @@ def node_ip(i: int) -> str:
 class Node:
     name: str
     ast: Asterisk
+    history: str = ""  # messages.log of its earlier runs (start() truncates the log)
+
+    def log_text(self) -> str:
+        return self.history + self.ast.log_text()
 
     @property
     def uri(self) -> str:
@@ -97,9 +101,7 @@ class Kamailio:
 
     def write_list(self) -> None:
         self.list_file.write_text(
-            "".join(
-                f"1 {n.uri} 8 0 duid={n.name};maxload={self.maxload}\n" for n in self.nodes
-            )
+            "".join(f"1 {n.uri} 8 0 duid={n.name};maxload={self.maxload}\n" for n in self.nodes)
         )
 
     def start(self, timeout: float = 20.0) -> None:
@@ -257,7 +259,11 @@ _UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="183" optional="true"/>
-  <recv response="200" rtd="true" rrs="true"/>
+  <recv response="200" rtd="true" rrs="true">
+    <action>
+      <ereg regexp="c=IN IP4 ([0-9.]+)" search_in="body" check_it="true" assign_to="c,media"/>
+    </action>
+  </recv>
   <send>
     <![CDATA[
       ACK [next_url] SIP/2.0
@@ -273,7 +279,9 @@ _UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
-  <nop><action><log message="[timestamp] answered [call_id]"/>{stream}</action></nop>
+  <nop>
+    <action><log message="[timestamp] answered [call_id] [$media] ([$c])"/>{stream}</action>
+  </nop>
   <pause milliseconds="{duration_ms}"/>
   <send retrans="500">
     <![CDATA[
@@ -307,15 +315,18 @@ class SippRun:
     output: str = ""
     answered: dict[str, float] = field(default_factory=dict)  # Call-ID -> time.time()
     completed: dict[str, float] = field(default_factory=dict)
+    media: dict[str, str] = field(default_factory=dict)  # Call-ID -> the answer's SDP c= address
 
     def wait(self, timeout: float = 120.0) -> SippRun:
         out, _ = self.proc.communicate(timeout=timeout)
         self.returncode, self.output = self.proc.returncode, out
         for path in self.workdir.glob("*_logs.log"):
             for line in path.read_text(errors="replace").splitlines():
-                m = re.search(r"(\d+\.\d+) (answered|completed) (\S+)$", line)
+                m = re.search(r"(\d+\.\d+) (answered|completed) (\S+)(?: (\S+))?", line)
                 if m:
                     getattr(self, m.group(2))[m.group(3)] = float(m.group(1))
+                    if m.group(4):
+                        self.media[m.group(3)] = m.group(4)
         return self
 
     @property
@@ -462,7 +473,9 @@ class Cluster:
         workdir.mkdir(parents=True, exist_ok=True)
         stream = f'<exec rtp_stream="{self.caller_audio},1,0"/>'
         scenario = workdir / "caller.xml"
-        scenario.write_text(_UAC.replace("{stream}", stream).replace("{duration_ms}", str(duration_ms)))
+        scenario.write_text(
+            _UAC.replace("{stream}", stream).replace("{duration_ms}", str(duration_ms))
+        )
         cmd = [
             SIPP, f"{self.kamailio.ip}:{self.kamailio.port}",
             "-sf", str(scenario), "-s", EXTEN,
@@ -487,17 +500,49 @@ class Cluster:
 
     def node_calls(self, node: Node, what: str = "end") -> dict[str, dict[str, str]]:
         """The dialplan's ``CALL start|end`` lines of a node, by Call-ID."""
-        rx = re.compile(rf"CALL {what} node=(\S+) callid=(\S+)(.*)$")
+        rx = re.compile(rf"app_verbose\.c: CALL {what} node=(\S+) callid=(\S+)(.*)$")
         found: dict[str, dict[str, str]] = {}
-        for line in node.ast.log_lines():
+        for line in node.log_text().splitlines():
             m = rx.search(line)
             if m:
                 fields = dict(kv.split("=", 1) for kv in m.group(3).split() if "=" in kv)
                 found[m.group(2)] = {"node": m.group(1), "line": line, **fields}
         return found
 
+    def live_calls(self, node: Node) -> set[str]:
+        """Call-IDs the node has started and not ended (from its dialplan's log lines)."""
+        return set(self.node_calls(node, "start")) - set(self.node_calls(node, "end"))
+
     def node_of(self, uri: str) -> Node:
         return next(n for n in self.nodes if n.uri == uri)
+
+    # --- failures and maintenance -----------------------------------------------------------
+
+    def kill(self, node: Node) -> float:
+        """SIGKILL the node's Asterisk (a crash, a power cut); returns time.time() of it."""
+        proc = node.ast.proc
+        assert proc is not None and proc.poll() is None
+        t = time.time()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return t
+
+    def restart(self, node: Node) -> float:
+        """Start the node's Asterisk again (same configs); time.time() when fully booted."""
+        node.history += node.ast.log_text()
+        node.ast.start()
+        return time.time()
+
+    def ensure_all_up(self, timeout: float = 30.0) -> None:
+        """Every node running and active in the dispatcher (after a test that failed)."""
+        assert self.kamailio is not None
+        for n in self.nodes:
+            if not n.ast.is_running():
+                self.restart(n)
+            if self.kamailio.states().get(n.uri, "").startswith("D"):
+                self.kamailio.rpc("dispatcher.set_state", "ap", "1", n.uri)
+        for n in self.nodes:
+            self.kamailio.wait_state(n.uri, active=True, timeout=timeout)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -527,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.dir, ignore_errors=True)
     with Cluster(args.dir, Path(args.module), Path(args.python_dir), nodes=args.nodes) as c:
         assert c.kamailio is not None and c.sim is not None
-        print(f"kamailio   sip:{c.kamailio.ip}:{c.kamailio.port}  (kamcmd -s unix:{c.kamailio.ctl})")
+        k = c.kamailio
+        print(f"kamailio   sip:{k.ip}:{k.port}  (kamcmd -s unix:{k.ctl} dispatcher.list)")
         for n in c.nodes:
             print(f"{n.name:10} {n.uri}  (asterisk -C {n.ast.conf} -r)")
         print(f"simulator  {c.sim.signed_url_endpoint}")
