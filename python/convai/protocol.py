@@ -307,6 +307,7 @@ class EndReason(enum.StrEnum):
     CONNECT_FAILED = "connect_failed"
     UNSUPPORTED_FORMAT = "unsupported_format"
     SHUTDOWN = "shutdown"
+    TRANSFER = "transfer"  # a transfer tool handed the caller on (convai/tools.py)
 
 
 TIMEOUT_ERROR_TYPES: Final = frozenset(

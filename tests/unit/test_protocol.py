@@ -541,6 +541,7 @@ def test_end_reason_values() -> None:
         "connect_failed",
         "unsupported_format",
         "shutdown",
+        "transfer",
     ]
     assert f"{R.TIMEOUT}" == "timeout"
 
