@@ -77,7 +77,7 @@
 					<literal>signed_url_failed</literal>, <literal>connect_failed</literal>,
 					<literal>unsupported_format</literal>, <literal>unknown_agent</literal>,
 					<literal>runtime_unavailable</literal>, <literal>start_timeout</literal>,
-					<literal>shutdown</literal>.</para>
+					<literal>shutdown</literal>, <literal>message_too_big</literal>.</para>
 				</variable>
 				<variable name="ELEVENLABS_CONVERSATION_ID">
 					<para>The ElevenLabs conversation id, when one was assigned.</para>
