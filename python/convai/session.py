@@ -899,6 +899,9 @@ class Session:
             if code is None and exc.sent is not None:
                 code = exc.sent.code
             return self._stopped_result(code)
+        sent = exc.sent
+        if sent is not None and (rcvd is None or exc.rcvd_then_sent is False):
+            return self._failed_by_us(sent.code, sent.reason)
         error = self._proto.last_error
         reason = protocol.end_reason(code, error, self._proto.saw_end_call)
         if error is not None and (error.error_type or error.message):
@@ -912,6 +915,25 @@ class Session:
         else:
             detail = "connection lost without a close frame"
         return self._result(reason, code, detail)
+
+    def _failed_by_us(self, code: int, why: str) -> SessionResult:
+        """websockets closed the connection itself (we did not ask): the server broke the
+        protocol. The close we sent names the cause; no close frame came back (reset)."""
+        if code == 1011 and "keepalive" in why:
+            return self._result(
+                EndReason.NETWORK_LOSS, code, f"the server stopped answering pings ({why})"
+            )
+        if code == 1009:
+            limit = self.config.max_message_bytes
+            return self._result(
+                EndReason.MESSAGE_TOO_BIG,
+                code,
+                f"the server sent a message over the {limit}-byte limit"
+                f" ({limit / 2**20:g} MiB); closed with 1009 ({why})",
+            )
+        return self._result(
+            EndReason.SERVER_ERROR, code, f"closed the connection with {code} ({why})"
+        )
 
     def _log_end(self, result: SessionResult) -> None:
         # Asterisk logs every end; a failure's cause is only known here, so it stays visible.

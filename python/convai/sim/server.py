@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import secrets
+import ssl
 import string
 import threading
 import time
@@ -355,9 +356,16 @@ class Simulator:
     code, ``with Simulator(...).run_in_thread() as sim:``."""
 
     def __init__(
-        self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        scenario: Scenario | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context`` (a server context, e.g. ``convai.sim.tls.server_context``) serves
+        both endpoints over TLS: https for the signed URL, which then hands out wss URLs."""
         self.scenario = scenario if scenario is not None else Scenario()
+        self.ssl_context = ssl_context
         self.scenario.validate()
         self.host = host
         self.port = port
@@ -371,7 +379,7 @@ class Simulator:
     # --- addresses ---
     @property
     def base_url(self) -> str:
-        return f"http://{self._url_host()}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self._url_host()}:{self.port}"
 
     @property
     def signed_url_endpoint(self) -> str:
@@ -380,7 +388,11 @@ class Simulator:
     @property
     def ws_url(self) -> str:
         """The WebSocket URL without a signature (public agents; add ?agent_id=...)."""
-        return f"ws://{self._url_host()}:{self.port}{WS_PATH}"
+        return f"{self._ws_scheme}://{self._url_host()}:{self.port}{WS_PATH}"
+
+    @property
+    def _ws_scheme(self) -> str:
+        return "wss" if self.ssl_context else "ws"
 
     def _url_host(self) -> str:
         if self.host in ("", "0.0.0.0"):
@@ -403,7 +415,14 @@ class Simulator:
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         # The benchmark opens 100+ connections at once: a deep accept backlog.
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=1024,
+            ssl_context=self.ssl_context,
+        )
         await site.start()
         self._runner = runner
         addr = runner.addresses[0]
@@ -521,7 +540,7 @@ class Simulator:
             }
             self._signatures[signature] = (agent_id, now)
             query = urlencode({"agent_id": agent_id, "conversation_signature": signature})
-            url = f"ws://{request.host}{WS_PATH}?{query}"
+            url = f"{self._ws_scheme}://{request.host}{WS_PATH}?{query}"
             status = 200
             body = (
                 sc.signed_url_body
