@@ -10,6 +10,7 @@ Run with ``bash scripts/cluster-test.sh``; the figures go to out/cluster-results
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -22,6 +23,13 @@ from cluster import PROXY_IP, Cluster, Node, SippRun, wait_until
 def _completed_on_nodes(farm: Cluster, run: SippRun, nodes: list[Node]) -> dict[str, str]:
     """Call-ID -> node name for every completed call of ``run``, checked against the nodes'
     own records: each call is on exactly one node, and reached the agent there."""
+
+    def logged() -> set[str]:
+        return set().union(*(farm.node_calls(n) for n in nodes))
+
+    # A node logs a call's end (its h extension) just after it answered the BYE.
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: set(run.completed) <= logged(), 10, "the nodes' CALL end lines")
     where: dict[str, str] = {}
     for n in nodes:
         for callid, end in farm.node_calls(n).items():
@@ -150,6 +158,8 @@ def test_node_killed_mid_run_fails_over_and_comes_back(
         lambda: k.matching(rf"node down: {victim.uri}$", t_kill), 30, "node2 marked down"
     )
     t_down = down[0][0]
+    down_flags = k.states()[victim.uri]
+    assert down_flags.startswith("I"), down_flags
     run.wait()
 
     # Exactly the calls node2 held at the kill are lost: answered by node2 (Kamailio's last
@@ -190,6 +200,7 @@ def test_node_killed_mid_run_fails_over_and_comes_back(
     assert all(c in back.completed for _, c, _ in _dispatched(farm, back_since))
 
     results["kill_detection_s"] = round(t_down - t_kill, 2)
+    results["kill_dispatcher_flags"] = down_flags
     results["kill_calls_lost"] = len(run.failed)
     results["kill_calls_on_node_at_kill"] = len(lost)
     results["kill_calls_completed"] = len(run.completed)
@@ -260,6 +271,8 @@ def test_drain_a_node_for_maintenance(farm: Cluster, results: dict[str, Any]) ->
     wait_until(lambda: len(farm.live_calls(node)) >= 2, 20, "node1 holding 2 calls")
     k.rpc("dispatcher.set_state", "d", "1", node.uri)
     t_drain = time.time()
+    drained_flags = k.states()[node.uri]
+    assert drained_flags.startswith("D"), drained_flags
     held = farm.live_calls(node)
     node.ast.cli("core stop when convenient")
     proc = node.ast.proc
@@ -278,6 +291,7 @@ def test_drain_a_node_for_maintenance(farm: Cluster, results: dict[str, Any]) ->
     k.rpc("dispatcher.set_state", "ap", "1", node.uri)
     k.wait_state(node.uri, active=True, timeout=5)
     results["drain_calls_finished_on_node"] = len(held)
+    results["drain_dispatcher_flags"] = drained_flags
     results["drain_node_stopped_after_s"] = round(t_stopped - t_drain, 2)
 
 
