@@ -162,12 +162,23 @@ def main() -> int:
     ap.add_argument("--hold", type=float, default=4.0, help="s with every call up (4)")
     ap.add_argument("--uvloop", action="store_true", help="run on uvloop")
     ap.add_argument("--shared-http", action="store_true", help="one aiohttp session for all")
-    ap.add_argument("--ssl-read-kb", type=int, default=0,
-                    help="asyncio.sslproto.SSLProtocol.max_size in KiB (0: as is, 256)")
-    ap.add_argument("--host-tuning", action="store_true",
-                    help="what convai.host applies at boot (convai.host.tune_asyncio)")
-    ap.add_argument("--sites", type=int, default=15,
-                    help="top allocation sites (0: none; -1: no tracemalloc, RSS only)")
+    ap.add_argument(
+        "--ssl-read-kb",
+        type=int,
+        default=0,
+        help="asyncio.sslproto.SSLProtocol.max_size in KiB (0: as is, 256)",
+    )
+    ap.add_argument(
+        "--host-tuning",
+        action="store_true",
+        help="what convai.host applies at boot (convai.host.tune_asyncio)",
+    )
+    ap.add_argument(
+        "--sites",
+        type=int,
+        default=15,
+        help="top allocation sites (0: none; -1: no tracemalloc, RSS only)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/sessmem"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
