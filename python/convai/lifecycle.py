@@ -63,6 +63,7 @@ class Status(enum.StrEnum):
     COMPLETED = "COMPLETED"
     HANGUP = "HANGUP"
     FAILED = "FAILED"
+    TRANSFER = "TRANSFER"  # a transfer tool handed the caller on (tools.py)
 
 
 _COMPLETED_REASONS: Final = frozenset(
@@ -75,6 +76,8 @@ _NO_PLAY_OUT: Final = frozenset({EndReason.CALLER_HANGUP, EndReason.SHUTDOWN})
 def status_for(reason: EndReason) -> Status:
     if reason is EndReason.CALLER_HANGUP:
         return Status.HANGUP
+    if reason is EndReason.TRANSFER:
+        return Status.TRANSFER
     return Status.COMPLETED if reason in _COMPLETED_REASONS else Status.FAILED
 
 

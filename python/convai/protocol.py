@@ -338,6 +338,7 @@ class EndReason(enum.StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     SHUTDOWN = "shutdown"
     MESSAGE_TOO_BIG = "message_too_big"  # a server message over max_message_bytes (1009)
+    TRANSFER = "transfer"  # a transfer tool handed the caller on (convai/tools.py)
 
 
 TIMEOUT_ERROR_TYPES: Final = frozenset(

@@ -377,6 +377,11 @@ class Session:
         """The server is going away: close with 1001; ``run()`` returns FAILED/SHUTDOWN."""
         self._end(EndReason.SHUTDOWN, "server shutting down", (1001, "server shutting down"))
 
+    def end(self, reason: EndReason, detail: str) -> None:
+        """We end the conversation (a transfer or hangup tool): close with 1000 now;
+        ``run()`` returns ``reason`` (TRANSFER, or COMPLETED for agent_ended_call)."""
+        self._end(reason, detail, (1000, detail[:100]))
+
     # ------------------------------------------------------------------ run
 
     async def run(self) -> SessionResult:
@@ -879,8 +884,12 @@ class Session:
                 )
         if call.expects_response:
             self._send_ctl(
-                ClientProtocol.tool_result(call.tool_call_id, outcome.result, outcome.is_error)
+                ClientProtocol.tool_result(
+                    call.tool_call_id, outcome.result, outcome.is_error, outcome.error_type
+                )
             )
+        if outcome.after is not None:
+            await outcome.after()
 
     def _flush_dtmf(self) -> None:
         self._dtmf_timer = None

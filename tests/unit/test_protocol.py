@@ -664,6 +664,7 @@ def test_end_reason_values() -> None:
         "unsupported_format",
         "shutdown",
         "message_too_big",
+        "transfer",
     ]
     assert f"{R.TIMEOUT}" == "timeout"
 

@@ -183,8 +183,14 @@ class Scenario:
     tool_calls: list[dict[str, Any]] = field(
         default_factory=list,
         metadata=_h(
-            "client_tool_call payloads sent after the first caller turn, e.g. "
-            '{"tool_name":"transfer_call","parameters":{"to":"100"}}'
+            "scripted tool calls, e.g. "
+            '{"tool_name":"transfer_call","parameters":{"destination":"sales"}}. '
+            "Keys beyond the client_tool_call payload: after_turn (caller turn that triggers "
+            "it, default 1; 0 = right after the greeting), say_before (spoken first), "
+            "after_speech (send only once say_before has played out, as execution_mode "
+            "post_tool_speech does), on_result / on_error (spoken after the result, {result} "
+            "replaced; then the normal reply is skipped), system (send an agent_tool_response "
+            "for a system tool of that name instead)"
         ),
     )
     tool_result_timeout_s: float = field(
@@ -633,7 +639,7 @@ class _Conversation:
         self._ending = False
         self._closer: asyncio.Task[bool] | None = None
         self._silenced = False  # set before a scripted error: nothing may slip in between
-        self._tool_waiters: dict[str, asyncio.Future[None]] = {}
+        self._tool_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._audio_cap = int(sc.record_caller_audio_s * 1000 * audio.bytes_per_ms(sc.input_format))
         # VAD state, all in caller-audio time (ms of audio received), not wall time.
         rate = audio.format_rate(sc.input_format)
@@ -727,8 +733,8 @@ class _Conversation:
             if self.sc.ping_interval > 0:
                 self._spawn(self._ping_loop())
             greeting = _substitute(self.greeting, self.variables)
-            if greeting:
-                self._start_agent(partial(self._speak_turn, self._next_id(), greeting))
+            if greeting or self._has_tool_calls(0):
+                self._start_agent(partial(self._greet, self._next_id(), greeting))
             await self._read_loop(first)
         except Exception:
             log.exception("%s conversation failed", self.cid)
@@ -1028,7 +1034,7 @@ class _Conversation:
         self._log(logging.INFO, "←", "client_tool_result %s", _compact(msg)[:200])
         waiter = self._tool_waiters.pop(call_id, None) if isinstance(call_id, str) else None
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(msg)
 
     async def _on_user_activity(self, msg: dict[str, Any]) -> None:
         self.rec.user_activity += 1
@@ -1226,8 +1232,8 @@ class _Conversation:
 
     async def _reply(self, event_id: int, turn_no: int) -> None:
         sc = self.sc
-        if turn_no == 1 and sc.tool_calls:
-            await self._tool_calls(event_id)
+        if await self._tool_calls(event_id, turn_no):
+            return  # the agent's reaction to a tool result was this turn's reply
         if sc.reply_delay_s > 0:
             await asyncio.sleep(sc.reply_delay_s)
         if sc.end_after_turns is not None and turn_no >= sc.end_after_turns:
@@ -1238,46 +1244,81 @@ class _Conversation:
             text = _substitute(sc.replies[(turn_no - 1) % len(sc.replies)], self.variables)
             await self._speak_turn(event_id, text)
 
-    async def _tool_calls(self, event_id: int) -> None:
-        waits: list[asyncio.Future[None]] = []
-        for spec in self.sc.tool_calls:
+    def _has_tool_calls(self, turn_no: int) -> bool:
+        return any(int(s.get("after_turn", 1)) == turn_no for s in self.sc.tool_calls)
+
+    async def _greet(self, event_id: int, text: str) -> None:
+        if text:
+            await self._speak_turn(event_id, text)
+        if self._has_tool_calls(0):
+            await self._tool_calls(self._next_id() if text else event_id, 0)
+
+    async def _tool_calls(self, event_id: int, turn_no: int) -> bool:
+        """The scripted tool calls of this turn, in order; True if the agent spoke a
+        reaction to a result (which then stands in for the normal reply)."""
+        reacted = False
+        specs = [s for s in self.sc.tool_calls if int(s.get("after_turn", 1)) == turn_no]
+        for spec in specs:
             src = spec.get("client_tool_call", spec)
             src = src if isinstance(src, dict) else {}
-            payload: dict[str, Any] = {
-                "tool_name": src.get("tool_name", "sim_tool"),
-                "tool_call_id": src.get("tool_call_id") or _new_id("call_", 16),
-                "parameters": src.get("parameters", {}),
-                "event_id": src.get("event_id", event_id),
-                "expects_response": src.get("expects_response", True),
-            }
-            payload.update({k: v for k, v in src.items() if k not in payload})
-            self.rec.tool_calls.append(payload)
-            if payload["expects_response"] and isinstance(payload["tool_call_id"], str):
-                fut: asyncio.Future[None] = self.loop.create_future()
-                self._tool_waiters[payload["tool_call_id"]] = fut
-                waits.append(fut)
-            await self._send(
-                "client_tool_call",
-                "client_tool_call",
-                payload,
-                f"{payload['tool_name']} {_compact(payload['parameters'])}",
-                event_id=event_id,
-            )
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=self.sc.tool_result_timeout_s)
-            if pending:
-                self._log(logging.WARNING, "·", "%d tool result(s) not received", len(pending))
+            if src.get("say_before"):
+                await self._speak_turn(event_id, _substitute(src["say_before"], self.variables))
+                event_id = self._next_id()
+                if src.get("after_speech") and self._turn is not None:
+                    await asyncio.sleep(max(0.0, self._turn.playing_until() - self.loop.time()))
+            if src.get("system"):
+                await self._system_tool(event_id, str(src.get("tool_name", "end_call")))
+                continue
+            result = await self._tool_call(event_id, src)
+            if result is None:
+                continue
+            text = src.get("on_error" if result.get("is_error") else "on_result")
+            if isinstance(text, str) and text:
+                said = text.replace("{result}", str(result.get("result", "")))
+                await self._speak_turn(self._next_id(), said)
+                reacted = True
+        return reacted
 
-    async def _end_call(self, event_id: int, why: str) -> None:
-        self._log(logging.INFO, "·", "agent ends the call: %s", why)
-        farewell = _substitute(self.sc.farewell, self.variables)
-        if farewell:
-            await self._speak_turn(event_id, farewell)
+    async def _tool_call(self, event_id: int, src: dict[str, Any]) -> dict[str, Any] | None:
+        """Send one client_tool_call; with expects_response, wait for its result (None on
+        timeout or without expects_response)."""
+        extra = {"after_turn", "say_before", "after_speech", "on_result", "on_error", "system"}
+        payload: dict[str, Any] = {
+            "tool_name": src.get("tool_name", "sim_tool"),
+            "tool_call_id": src.get("tool_call_id") or _new_id("call_", 16),
+            "parameters": src.get("parameters", {}),
+            "event_id": src.get("event_id", event_id),
+            "expects_response": src.get("expects_response", True),
+        }
+        payload.update({k: v for k, v in src.items() if k not in payload and k not in extra})
+        self.rec.tool_calls.append(payload)
+        fut: asyncio.Future[dict[str, Any]] | None = None
+        if payload["expects_response"] and isinstance(payload["tool_call_id"], str):
+            fut = self.loop.create_future()
+            self._tool_waiters[payload["tool_call_id"]] = fut
+        await self._send(
+            "client_tool_call",
+            "client_tool_call",
+            payload,
+            f"{payload['tool_name']} {_compact(payload['parameters'])}",
+            event_id=event_id,
+        )
+        if fut is None:
+            return None
+        try:
+            return await asyncio.wait_for(fut, self.sc.tool_result_timeout_s)
+        except TimeoutError:
+            self._tool_waiters.pop(payload["tool_call_id"], None)
+            self._log(logging.WARNING, "·", "no result for tool call %s", payload["tool_call_id"])
+            return None
+
+    async def _system_tool(self, event_id: int, name: str) -> None:
+        """What the service sends when one of its own system tools ran (reference §4.12)."""
         await self._send(
             "agent_tool_response",
             "agent_tool_response",
             {
-                "tool_name": "end_call",
+                "tool_name": name,
                 "tool_call_id": _new_id("toolu_sim_", 20),
                 "tool_type": "system",
                 "is_error": False,
@@ -1285,9 +1326,16 @@ class _Conversation:
                 "is_blocked": False,
                 "event_id": event_id,
             },
-            "end_call",
+            name,
             event_id=event_id,
         )
+
+    async def _end_call(self, event_id: int, why: str) -> None:
+        self._log(logging.INFO, "·", "agent ends the call: %s", why)
+        farewell = _substitute(self.sc.farewell, self.variables)
+        if farewell:
+            await self._speak_turn(event_id, farewell)
+        await self._system_tool(event_id, "end_call")
         # Let the farewell play out on the client before the close, as the service does.
         turn = self._turn
         if turn is not None:
