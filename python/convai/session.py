@@ -72,7 +72,6 @@ from .protocol import (
     Interruption,
     MalformedMessage,
     Ping,
-    StaleAudio,
     UnknownMessage,
     VadScore,
 )
@@ -252,7 +251,6 @@ class Session:
         log: logging.Logger | None = None,
         supported_formats: Collection[str] | None = None,
         dtmf_interdigit_timeout: float = 1.0,
-        log_interruptions: bool = True,
     ) -> None:
         self.config = config
         self.call = call
@@ -263,7 +261,6 @@ class Session:
         self._ssl = ssl_context
         self._formats = frozenset(supported_formats or AUDIO_FORMATS)
         self._dtmf_timeout = dtmf_interdigit_timeout
-        self._log_interruptions = log_interruptions
         self._proto = ClientProtocol()
         self._tag = f"{call.channel} [{config.name}]"
         self._secrets: list[str] = [config.api_key] if len(config.api_key) >= 4 else []
@@ -290,7 +287,6 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dtmf: list[str] = []
         self._dtmf_timer: asyncio.TimerHandle | None = None
-        self._since_interrupt: collections.deque[int] = collections.deque(maxlen=512)
         self._warned_early_audio = False
 
     # ------------------------------------------------------------------ stats
@@ -302,10 +298,6 @@ class Session:
     @property
     def last_event_id(self) -> int:
         return self._proto.last_event_id
-
-    @property
-    def last_interrupt_id(self) -> int:
-        return self._proto.last_interrupt_id
 
     @property
     def started(self) -> bool:
@@ -750,7 +742,6 @@ class Session:
                     self.log.warning("%s: agent audio before the metadata; dropped", self._tag)
             elif ev.audio:
                 self.bytes_down += len(ev.audio)
-                self._since_interrupt.append(ev.event_id)
                 self._callback(h.on_audio, ev.event_id, ev.audio)
         elif isinstance(ev, Ping):
             if ev.ping_ms is not None:
@@ -762,14 +753,6 @@ class Session:
                     self.log.debug("%s: %s", self._tag, line)
         elif isinstance(ev, Interruption):
             self._on_interruption(ev)
-        elif isinstance(ev, StaleAudio):
-            self.log.debug(
-                "%s: dropping late audio chunk with event_id=%d (<%d), %d bytes",
-                self._tag,
-                ev.event_id,
-                ev.interrupt_id,
-                ev.size,
-            )
         elif isinstance(ev, ConversationInitiationMetadata):
             self._on_metadata(ev)
         elif isinstance(ev, ClientToolCall):
@@ -857,16 +840,11 @@ class Session:
             self._flush_dtmf()
 
     def _on_interruption(self, ev: Interruption) -> None:
+        # What to drop is the down ring's decision (protocol.py, "Interruption rule"); the
+        # host logs what it dropped.
         self.interruptions += 1
+        self.log.debug("%s: interruption, event_id=%d", self._tag, ev.event_id)
         self._callback(self.handler.on_interruption, ev.event_id)
-        # What we handed over since the last interruption; the host's ring knows better
-        # what was still queued, so it may log its own view instead (log_interruptions).
-        removed = [i for i in self._since_interrupt if i < ev.event_id]
-        kept = [i for i in self._since_interrupt if i >= ev.event_id]
-        self._since_interrupt = collections.deque(kept, maxlen=512)
-        if self._log_interruptions and self.log.isEnabledFor(logging.DEBUG):
-            for line in protocol.format_interruption(ev.event_id, removed, len(kept)):
-                self.log.debug("%s: %s", self._tag, line)
 
     async def _run_tool(self, call: ClientToolCall) -> None:
         if self.tools is None or call.tool_name not in self.tools:
