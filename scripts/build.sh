@@ -20,5 +20,10 @@ DESTDIR="$stage" meson install -C "$build" --quiet
 pydir=$(find "$stage" -type d -name convai -path '*asterisk-elevenlabs-convai*' | head -n 1)
 ln -sfn "$(dirname "$pydir")" "$stage/python"
 xml=$(find "$stage" -name 'app_elevenlabs_convai-en_US.xml' | head -n 1)
-install -D -m 644 "$xml" /usr/share/asterisk/documentation/thirdparty/app_elevenlabs_convai-en_US.xml
+# The running Asterisk's data dir: Debian's /usr/share/asterisk, a source install's /var/lib/asterisk.
+datadir=${CONVAI_ASTERISK_DATADIR:-}
+for d in /usr/share/asterisk /var/lib/asterisk; do
+  [ -n "$datadir" ] || [ ! -f "$d/documentation/core-en_US.xml" ] || datadir=$d
+done
+install -D -m 644 "$xml" "${datadir:-/usr/share/asterisk}/documentation/thirdparty/app_elevenlabs_convai-en_US.xml"
 echo "built: $build/app_elevenlabs_convai.so; python: $stage/python"
