@@ -5,7 +5,7 @@
  * This program is free software, distributed under the terms of the GNU General Public License
  * Version 2. See the LICENSE file at the top of the source tree.
  *
- * Neutral on purpose: only the C standard library, so that app_elevenlabs_convai.c (asterisk.h
+ * Neutral on purpose: only the C standard library, so that the Asterisk-side files (asterisk.h
  * first), pyhost.c (Python.h first) and the cffi extension can all include it.
  *
  * C owns every byte declared here. Python receives addresses and reads or writes through the

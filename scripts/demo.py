@@ -72,7 +72,7 @@ def follow_log(ast: Asterisk, stop: threading.Event) -> None:
     while not stop.is_set():
         text = ast.log_text()
         for line in text[pos:].splitlines():
-            if "app_elevenlabs_convai.c" in line or "elevenlabs:" in line:
+            if "elevenlabs:" in line:
                 say("asterisk", line.split("] ", 2)[-1][:160])
         pos = len(text)
         stop.wait(0.2)

@@ -20,6 +20,7 @@ call (status FAILED) and the others go on.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import collections
 import contextlib
 import contextvars
@@ -30,6 +31,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+import aiohttp
 
 from convai import protocol
 from convai.playout import Framer
@@ -45,6 +48,10 @@ SUPPORTED_FORMATS = ("ulaw_8000", "pcm_8000", "pcm_16000")
 TAIL_FLUSH_S = 0.08
 # While frames wait for ring space, look again this often (the ring holds 10 s).
 TOP_UP_S = 0.5
+# asyncio's TLS transport allocates and zero-fills a 256 KiB read buffer per connection
+# (asyncio.sslproto.SSLProtocol.max_size); OpenSSL hands over at most one record, 16 KiB of
+# plaintext, per read, so that is all a read needs. 240 KB less per wss:// call (bench/sessmem.py).
+TLS_READ_BYTES = 16 * 1024
 
 _callid: contextvars.ContextVar[int] = contextvars.ContextVar("convai_callid", default=0)
 _host: Any = None
@@ -176,6 +183,7 @@ class CallBridge:
             self.config,
             call_info_from(sess),
             self,
+            http=runtime.http(),
             log=log,
             supported_formats=SUPPORTED_FORMATS,
             log_interruptions=False,
@@ -188,7 +196,8 @@ class CallBridge:
         self.c_gone = False
         self.ended = False
         self.interrupt_id = 0
-        self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * lib.CONVAI_UP_SLOTS)
+        # One chunk per pop (see _on_up), so one chunk's room, not the whole ring's.
+        self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * max(1, sess.up_batch_frames))
         self._cmd_buf = ffi.new("uint8_t[]", lib.CONVAI_CMD_BYTES)
         self._cmd_type = ffi.new("uint32_t *")
         self._stamp = ffi.new("uint32_t *")
@@ -409,6 +418,20 @@ class Runtime:
         self.bridges: set[CallBridge] = set()
         self.stopping = False
         self.started_at = time.monotonic()
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        """One HTTP client for every call's signed-URL request: its pooled keep-alive
+        connection is reused by the next call, where a client per call held one socket (and,
+        over https, one TLS connection) for the whole call. No cookies: calls share nothing."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                # As many at once as calls start; an idle connection goes after 1 s, so none
+                # outlives a burst of call starts by much (fds return to idle).
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=1.0),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._http
 
     def on_wake(self) -> None:
         _eventfd_drain(self.host.wake_efd)
@@ -444,6 +467,9 @@ class Runtime:
             bridge.session.shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.close()
         self.loop.stop()
 
     def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -478,6 +504,7 @@ def boot(address: int) -> None:
     _apply_debug(host)
     sys.stdout = _LogWriter(logging.INFO)  # type: ignore[assignment]
     sys.stderr = _LogWriter(logging.WARNING)  # type: ignore[assignment]
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BYTES
     _runtime = Runtime(host)
     asyncio.set_event_loop(_runtime.loop)
     _runtime.loop.set_exception_handler(_runtime.exception_handler)

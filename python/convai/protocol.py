@@ -8,6 +8,21 @@ loop, so the whole wire format is tested without I/O (the asyncio glue is ``sess
 ``receive`` never raises: bad JSON, non-objects, missing or ill-typed fields and bad base64
 come out as :class:`MalformedMessage`, unknown types as :class:`UnknownMessage`. Unknown
 *fields* are ignored, as the official clients do, so additive server changes do not break us.
+A bug of ours becomes a MalformedMessage with ``internal`` set; the fuzz tests fail on it.
+
+Hostile values. Everything here comes from the network, so two kinds of field are checked
+before they reach the rest of the module:
+
+* Event ids are the server's turn counters, small and non-negative. The down ring stores
+  them as unsigned 32-bit integers, so an id outside ``0..2**32-1`` (2**63, -1) cannot be
+  honoured: clamping a huge interruption id would silence the rest of the call and wrapping
+  it would let stale audio play. Such a message is malformed and skipped, with a warning.
+  Ids that go down or were never seen are valid: audio plays unless it is older than the
+  highest interruption (below); a lower interruption id never lowers that mark.
+* Identifiers (``conversation_id``, ``tool_name``, ``tool_call_id``) go into AMI headers,
+  log lines, channel variables and the C command codec. They must match :data:`ID_PATTERN`
+  (letters, digits, ``_ . : -``, 1 to 128 of them), so no tab, CR/LF, space or NUL ever
+  passes; a message with any other value is malformed and skipped.
 
 Interruption rule. The core keeps ``last_interrupt_id`` (0 at start). Agent audio whose
 ``event_id`` is **lower** than it is stale and is reported as :class:`StaleAudio`, never as
@@ -25,12 +40,15 @@ import base64
 import binascii
 import enum
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 __all__ = [
     "AUDIO_FORMATS",
+    "EVENT_ID_MAX",
+    "ID_PATTERN",
     "RESERVED_VARIABLE_PREFIX",
     "AgentResponse",
     "AgentResponseComplete",
@@ -65,6 +83,13 @@ __all__ = [
 RESERVED_VARIABLE_PREFIX: Final = "system__"
 
 EXCERPT_CHARS: Final = 120
+
+# Event ids travel through the down ring as uint32 (c/convai_ring.h).
+EVENT_ID_MAX: Final = 2**32 - 1
+# Ids the server chooses and we pass on (AMI headers, logs, channel variables).
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# WebSocket close codes (RFC 6455 §7.4); an error event's ``code`` outside them is ignored.
+_CLOSE_CODES: Final = range(1000, 5000)
 
 # --------------------------------------------------------------------------- audio formats
 
@@ -266,8 +291,13 @@ class UnknownMessage(Event):
 
 @dataclass(frozen=True, slots=True)
 class MalformedMessage(Event):
+    """A frame we could not use. ``type`` is its message type when it had a valid one;
+    ``internal`` marks a bug of ours caught by ``receive``'s last resort."""
+
     error: str
     excerpt: str
+    type: str | None = None
+    internal: bool = False
 
 
 # type -> name of the payload object, for the types reported as Informational.
@@ -307,6 +337,8 @@ class EndReason(enum.StrEnum):
     CONNECT_FAILED = "connect_failed"
     UNSUPPORTED_FORMAT = "unsupported_format"
     SHUTDOWN = "shutdown"
+    MESSAGE_TOO_BIG = "message_too_big"  # a server message over max_message_bytes (1009)
+    TRANSFER = "transfer"  # a transfer tool handed the caller on (convai/tools.py)
 
 
 TIMEOUT_ERROR_TYPES: Final = frozenset(
@@ -405,20 +437,33 @@ def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _req_int(d: dict[str, Any], key: str, where: str) -> int:
+def _req_event_id(d: dict[str, Any], key: str, where: str) -> int:
     v = d.get(key)
     if not _is_int(v):
         raise _Bad(f"{where}.{key}: expected integer, got {_type_name(v)}")
+    if not 0 <= v <= EVENT_ID_MAX:
+        raise _Bad(f"{where}.{key}: {_short_int(v)} is outside 0..{EVENT_ID_MAX}")
     return int(v)
 
 
-def _opt_int(d: dict[str, Any], key: str, where: str) -> int | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if not _is_int(v):
-        raise _Bad(f"{where}.{key}: expected integer, got {_type_name(v)}")
-    return int(v)
+def _opt_event_id(d: dict[str, Any], key: str, where: str) -> int | None:
+    return None if d.get(key) is None else _req_event_id(d, key, where)
+
+
+def _short_int(v: int) -> str:
+    return str(v) if v.bit_length() < 200 else f"a {v.bit_length()}-bit integer"
+
+
+def _req_id(d: dict[str, Any], key: str, where: str) -> str:
+    v = _req_str(d, key, where)
+    if ID_PATTERN.fullmatch(v) is None:
+        raise _Bad(f"{where}.{key}: {_excerpt(v, 40)!r} is not a valid identifier")
+    return v
+
+
+def _opt_id(d: dict[str, Any], key: str, where: str) -> str:
+    """An optional identifier; absent (or null) is ""."""
+    return "" if d.get(key) is None else _req_id(d, key, where)
 
 
 def _req_str(d: dict[str, Any], key: str, where: str) -> str:
@@ -445,7 +490,10 @@ def _opt_bool(d: dict[str, Any], key: str, where: str) -> bool | None:
 def _number(v: object) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond the float range
+        return None
 
 
 def _b64(s: str, where: str) -> bytes:
@@ -464,12 +512,19 @@ def _reject_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def _excerpt(data: object) -> str:
+# Control characters (C0, DEL, C1, line and paragraph separators) shown escaped, so an
+# excerpt can never split or forge a log line.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _excerpt(data: object, chars: int = EXCERPT_CHARS) -> str:
+    """At most ``chars`` characters of ``data`` (then "…"), control characters escaped."""
     if isinstance(data, bytes | bytearray | memoryview):
-        text = bytes(data[: EXCERPT_CHARS * 4]).decode("utf-8", errors="replace")
+        text = bytes(data[: chars * 4]).decode("utf-8", errors="replace")
     else:
-        text = (data if isinstance(data, str) else repr(data))[: EXCERPT_CHARS + 1]
-    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+        text = data if isinstance(data, str) else repr(data)
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[: chars + 1])
+    return text if len(text) <= chars else text[:chars] + "…"
 
 
 def _dumps(obj: object) -> str:
@@ -500,9 +555,8 @@ class ClientProtocol:
         try:
             return self._receive(data)
         except Exception as exc:  # last resort: the contract is "never raises"
-            return [
-                MalformedMessage(f"internal error: {type(exc).__name__}: {exc}", _excerpt(data))
-            ]
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            return [MalformedMessage(error, _excerpt(data), internal=True)]
 
     def data_to_send(self) -> list[str]:
         """Frames the protocol queued itself (pongs), in order; clears the queue."""
@@ -535,7 +589,7 @@ class ClientProtocol:
         try:
             event = self._decode(mtype, msg)
         except _Bad as exc:
-            return [MalformedMessage(str(exc), _excerpt(text))]
+            return [MalformedMessage(str(exc), _excerpt(text), mtype[:64])]
         return [event]
 
     def _seen(self, event_id: int | None) -> None:
@@ -557,7 +611,7 @@ class ClientProtocol:
     def _metadata(self, msg: dict[str, Any]) -> Event:
         w = "conversation_initiation_metadata_event"
         p = _payload(msg, w)
-        conv = _req_str(p, "conversation_id", w)
+        conv = _req_id(p, "conversation_id", w)
         out = _opt_str(p, "agent_output_audio_format", w) or DEFAULT_AUDIO_FORMAT
         inp = _opt_str(p, "user_input_audio_format", w) or DEFAULT_AUDIO_FORMAT
         self.conversation_id, self.output_format, self.input_format = conv, out, inp
@@ -568,7 +622,7 @@ class ClientProtocol:
             return self._legacy_audio(msg["audio"])
         w = "audio_event"
         p = _payload(msg, w)
-        event_id = _req_int(p, "event_id", w)
+        event_id = _req_event_id(p, "event_id", w)
         audio = _b64(_req_str(p, "audio_base_64", w), f"{w}.audio_base_64")
         alignment = p.get("alignment")
         if alignment is not None and not isinstance(alignment, dict):
@@ -583,7 +637,7 @@ class ClientProtocol:
         # {"type":"audio","audio":{"chunk":...}} from old examples (UNCONFIRMED shape). It
         # carries no id, so it is taken as part of the latest turn seen.
         audio = _b64(_req_str(p, "chunk", "audio"), "audio.chunk")
-        event_id = _opt_int(p, "event_id", "audio")
+        event_id = _opt_event_id(p, "event_id", "audio")
         if event_id is None:
             event_id = self.last_event_id
         if event_id < self.last_interrupt_id:
@@ -593,7 +647,7 @@ class ClientProtocol:
     def _interruption(self, msg: dict[str, Any]) -> Event:
         w = "interruption_event"
         p = _payload(msg, w)
-        event_id = _req_int(p, "event_id", w)
+        event_id = _req_event_id(p, "event_id", w)
         reason = _opt_str(p, "reason", w)
         # Never lower it: a lower id would let already-stale audio play again.
         self.last_interrupt_id = max(self.last_interrupt_id, event_id)
@@ -603,7 +657,7 @@ class ClientProtocol:
     def _ping(self, msg: dict[str, Any]) -> Event:
         w = "ping_event"
         p = _payload(msg, w)
-        event_id = _req_int(p, "event_id", w)
+        event_id = _req_event_id(p, "event_id", w)
         raw_ms = _number(p.get("ping_ms"))
         ping_ms = round(raw_ms) if raw_ms is not None and abs(raw_ms) < 1e12 else None
         if ping_ms is not None:
@@ -614,9 +668,11 @@ class ClientProtocol:
     def _vad(self, msg: dict[str, Any]) -> Event:
         w = "vad_score_event"
         p = _payload(msg, w)
-        score = _number(p.get("vad_score"))
+        raw = p.get("vad_score")
+        score = _number(raw)
         if score is None:
-            raise _Bad(f"{w}.vad_score: expected number, got {_type_name(p.get('vad_score'))}")
+            got = "an integer beyond float range" if _is_int(raw) else _type_name(raw)
+            raise _Bad(f"{w}.vad_score: expected number, got {got}")
         return VadScore(score)
 
     def _transcript(self, msg: dict[str, Any]) -> Event:
@@ -624,7 +680,7 @@ class ClientProtocol:
         w = "tentative_user_transcription_event" if tentative else "user_transcription_event"
         p = _payload(msg, w)
         text = _req_str(p, "user_transcript", w)
-        event_id = _opt_int(p, "event_id", w)
+        event_id = _opt_event_id(p, "event_id", w)
         self._seen(event_id)
         return UserTranscript(text, event_id, tentative)
 
@@ -632,7 +688,7 @@ class ClientProtocol:
         w = "agent_response_event"
         p = _payload(msg, w)
         text = _req_str(p, "agent_response", w)
-        event_id = _opt_int(p, "event_id", w)
+        event_id = _opt_event_id(p, "event_id", w)
         self._seen(event_id)
         return AgentResponse(text, event_id)
 
@@ -641,28 +697,28 @@ class ClientProtocol:
         p = _payload(msg, w)
         original = _req_str(p, "original_agent_response", w)
         corrected = _req_str(p, "corrected_agent_response", w)
-        event_id = _opt_int(p, "event_id", w)
+        event_id = _opt_event_id(p, "event_id", w)
         self._seen(event_id)
         return AgentResponseCorrection(original, corrected, event_id)
 
     def _complete(self, msg: dict[str, Any]) -> Event:
         w = "agent_response_complete_event"
         p = msg.get(w)
-        event_id = _opt_int(p, "event_id", w) if isinstance(p, dict) else None
+        event_id = _opt_event_id(p, "event_id", w) if isinstance(p, dict) else None
         self._seen(event_id)
         return AgentResponseComplete(event_id)
 
     def _client_tool_call(self, msg: dict[str, Any]) -> Event:
         w = "client_tool_call"
         p = _payload(msg, w)
-        name = _req_str(p, "tool_name", w)
-        call_id = _req_str(p, "tool_call_id", w)
+        name = _req_id(p, "tool_name", w)
+        call_id = _req_id(p, "tool_call_id", w)
         params = p.get("parameters")
         if params is None:
             params = {}
         elif not isinstance(params, dict):
             raise _Bad(f"{w}.parameters: expected object, got {_type_name(params)}")
-        event_id = _opt_int(p, "event_id", w)
+        event_id = _opt_event_id(p, "event_id", w)
         expects = _opt_bool(p, "expects_response", w)
         self._seen(event_id)
         return ClientToolCall(name, call_id, params, event_id, expects is not False)
@@ -670,9 +726,9 @@ class ClientProtocol:
     def _agent_tool_request(self, msg: dict[str, Any]) -> Event:
         w = "agent_tool_request"
         p = _payload(msg, w)
-        name = _req_str(p, "tool_name", w)
-        call_id = _opt_str(p, "tool_call_id", w) or ""
-        event_id = _opt_int(p, "event_id", w)
+        name = _req_id(p, "tool_name", w)
+        call_id = _opt_id(p, "tool_call_id", w)
+        event_id = _opt_event_id(p, "event_id", w)
         self._seen(event_id)
         return AgentToolRequest(
             name,
@@ -686,11 +742,11 @@ class ClientProtocol:
         full = msg["type"] == "agent_tool_response_full_payload"
         w = "agent_tool_response_full_payload" if full else "agent_tool_response"
         p = _payload(msg, w)
-        name = _req_str(p, "tool_name", w)
-        event_id = _opt_int(p, "event_id", w)
+        name = _req_id(p, "tool_name", w)
+        event_id = _opt_event_id(p, "event_id", w)
         ev = AgentToolResponse(
             tool_name=name,
-            tool_call_id=_opt_str(p, "tool_call_id", w) or "",
+            tool_call_id=_opt_id(p, "tool_call_id", w),
             tool_type=_opt_str(p, "tool_type", w),
             is_error=bool(_opt_bool(p, "is_error", w)),
             event_id=event_id,
@@ -716,7 +772,7 @@ class ClientProtocol:
 
         code = p.get("code")
         ev = ErrorEvent(
-            code=code if _is_int(code) else None,
+            code=code if _is_int(code) and code in _CLOSE_CODES else None,
             error_type=s("error_type") or s("error_name"),
             message=s("message"),
             reason=s("reason"),

@@ -105,6 +105,7 @@ _WS_LOG.setLevel(logging.WARNING)  # its DEBUG lines carry the signed request li
 STATUS_COMPLETED: Final = "COMPLETED"
 STATUS_FAILED: Final = "FAILED"
 STATUS_HANGUP: Final = "HANGUP"
+STATUS_TRANSFER: Final = "TRANSFER"
 _COMPLETED_REASONS: Final = frozenset(
     {EndReason.COMPLETED, EndReason.AGENT_ENDED_CALL, EndReason.MAX_DURATION}
 )
@@ -285,6 +286,7 @@ class Session:
         self._started = False
         self._done = False
         self._stop_reason: EndReason | None = None
+        self._stop_detail = ""
         self._stop_evt = asyncio.Event()
         self._fatal: _Failure | None = None
         self._ctl: collections.deque[str] = collections.deque()
@@ -379,6 +381,12 @@ class Session:
     def shutdown(self) -> None:
         """The server is going away: close with 1001; ``run()`` returns FAILED/SHUTDOWN."""
         self._request_stop(EndReason.SHUTDOWN, 1001, "server shutting down")
+
+    def end(self, reason: EndReason, detail: str) -> None:
+        """We end the conversation (a transfer or hangup tool): close with 1000 now;
+        ``run()`` returns ``reason`` (TRANSFER, or COMPLETED for agent_ended_call)."""
+        self._stop_detail = detail
+        self._request_stop(reason, 1000, detail[:100])
 
     # ------------------------------------------------------------------ run
 
@@ -841,8 +849,12 @@ class Session:
                 )
         if call.expects_response:
             self._send_ctl(
-                ClientProtocol.tool_result(call.tool_call_id, outcome.result, outcome.is_error)
+                ClientProtocol.tool_result(
+                    call.tool_call_id, outcome.result, outcome.is_error, outcome.error_type
+                )
             )
+        if outcome.after is not None:
+            await outcome.after()
 
     def _flush_dtmf(self) -> None:
         self._dtmf_timer = None
@@ -865,6 +877,8 @@ class Session:
     def _result(self, reason: EndReason, close_code: int | None, detail: str) -> SessionResult:
         if reason == EndReason.CALLER_HANGUP:
             status = STATUS_HANGUP
+        elif reason == EndReason.TRANSFER:
+            status = STATUS_TRANSFER
         elif reason in _COMPLETED_REASONS:
             status = STATUS_COMPLETED
         else:
@@ -873,7 +887,9 @@ class Session:
 
     def _stopped_result(self, close_code: int | None) -> SessionResult:
         reason = self._stop_reason or EndReason.CALLER_HANGUP
-        detail = "caller hung up" if reason == EndReason.CALLER_HANGUP else "server shutting down"
+        detail = self._stop_detail or (
+            "caller hung up" if reason == EndReason.CALLER_HANGUP else "server shutting down"
+        )
         return self._result(reason, close_code, detail)
 
     def _closed_result(self, exc: ConnectionClosed) -> SessionResult:
@@ -883,6 +899,9 @@ class Session:
             if code is None and exc.sent is not None:
                 code = exc.sent.code
             return self._stopped_result(code)
+        sent = exc.sent
+        if sent is not None and (rcvd is None or exc.rcvd_then_sent is False):
+            return self._failed_by_us(sent.code, sent.reason)
         error = self._proto.last_error
         reason = protocol.end_reason(code, error, self._proto.saw_end_call)
         if error is not None and (error.error_type or error.message):
@@ -896,6 +915,25 @@ class Session:
         else:
             detail = "connection lost without a close frame"
         return self._result(reason, code, detail)
+
+    def _failed_by_us(self, code: int, why: str) -> SessionResult:
+        """websockets closed the connection itself (we did not ask): the server broke the
+        protocol. The close we sent names the cause; no close frame came back (reset)."""
+        if code == 1011 and "keepalive" in why:
+            return self._result(
+                EndReason.NETWORK_LOSS, code, f"the server stopped answering pings ({why})"
+            )
+        if code == 1009:
+            limit = self.config.max_message_bytes
+            return self._result(
+                EndReason.MESSAGE_TOO_BIG,
+                code,
+                f"the server sent a message over the {limit}-byte limit"
+                f" ({limit / 2**20:g} MiB); closed with 1009 ({why})",
+            )
+        return self._result(
+            EndReason.SERVER_ERROR, code, f"closed the connection with {code} ({why})"
+        )
 
     def _log_end(self, result: SessionResult) -> None:
         # Asterisk logs every end; a failure's cause is only known here, so it stays visible.

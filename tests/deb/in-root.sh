@@ -276,7 +276,7 @@ for _ in $(seq 300); do
 done
 [ -n "$result" ] || fail "the call did not end within 60 s"
 ok "$result"
-grep -E "app_elevenlabs_convai|ElevenLabsConvAI" "$T/log/messages.log" | sed 's/^/[deb-test]   log: /' | tail -n 15
+grep -E "elevenlabs: |app_elevenlabs_convai|ElevenLabsConvAI" "$T/log/messages.log" | sed 's/^/[deb-test]   log: /' | tail -n 15
 grep -E "^[0-9:]{8} " "$T/sim.log" | sed 's/^/[deb-test]   sim: /' | tail -n 15 || true
 case "$result" in
   *"status=COMPLETED "*) ok "ELEVENLABS_STATUS=COMPLETED" ;;

@@ -77,7 +77,7 @@ def module_lines(ast: Asterisk, since: int = 0, full: bool = False) -> list[tupl
     out = []
     for line in ast.log_text(full)[since:].splitlines():
         m = LOG_LINE.match(line)
-        if m and (m["src"] == "app_elevenlabs_convai.c" or m["src"].startswith("convai/")):
+        if m and m["src"].startswith("convai/"):  # convai/call.c, convai/session.py, ...
             out.append((m["level"], m["msg"]))
     return out
 

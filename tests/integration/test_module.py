@@ -38,7 +38,9 @@ def test_module_loads_and_registers_everything(
     doc = ast.cli("core show application ElevenLabsConvAI")
     assert "Talk to an ElevenLabs Conversational AI agent" in doc
     assert "ELEVENLABS_STATUS" in doc and "ELEVENLABS_END_REASON" in doc
-    assert "ElevenLabsConvAIEnd" in ast.cli("manager show event ElevenLabsConvAIEnd")
+    assert re.search(r"\[Since\]\s+app_elevenlabs_convai 0\.1\.0", doc), doc
+    event = ast.cli("manager show event ElevenLabsConvAIEnd")
+    assert "ElevenLabsConvAIEnd" in event and "app_elevenlabs_convai 0.1.0" in event, event
 
     assert "enabled" in ast.cli("elevenlabs debug on")
     assert "disabled" in ast.cli("elevenlabs debug off")
@@ -89,7 +91,7 @@ def test_declines_cleanly_without_its_python_package(
         extra_modules=[convai_module],
     )
     assert module_status(ast) == "Not Running"
-    errors = ast.errors("app_elevenlabs_convai")
+    errors = ast.errors("elevenlabs: ")  # the prefix of every line the module logs
     assert any(
         "Python runtime is unavailable" in e
         and "cannot import convai.host" in e

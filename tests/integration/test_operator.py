@@ -68,11 +68,11 @@ def speech() -> bytes:
 
 
 def module_lines(text: str) -> list[dict[str, str]]:
-    """The module's own log lines (from its C file or its Python package)."""
+    """The module's own log lines (from its C files or its Python package)."""
     out = []
     for line in text.splitlines():
         m = LOG_LINE.match(line)
-        if m and (m["src"] == "app_elevenlabs_convai.c" or m["src"].startswith("convai/")):
+        if m and m["src"].startswith("convai/"):  # convai/call.c, convai/session.py, ...
             out.append(m.groupdict())
     return out
 

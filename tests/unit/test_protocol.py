@@ -405,6 +405,128 @@ def test_malformed_bytes_and_excerpt() -> None:
     assert ev.excerpt == "x" * 120 + "…"
 
 
+# ---------------------------------------------------------------- hostile values (issue 11)
+
+
+@pytest.mark.parametrize("bad", [2**63, 2**32, -1, -(2**63), 10**400])
+def test_event_ids_outside_32_bits_are_malformed(bad: int) -> None:
+    """Issue 11 (1): the ring holds uint32 ids; anything else is skipped, state untouched."""
+    proto = p.ClientProtocol()
+    for msg in (
+        interruption_msg(bad),
+        audio_msg(bad),
+        json.dumps({"type": "ping", "ping_event": {"event_id": bad}}),
+    ):
+        ev = one(proto, msg)
+        assert isinstance(ev, p.MalformedMessage) and not ev.internal, ev
+        assert "event_id" in ev.error and "outside 0..4294967295" in ev.error, ev.error
+    assert (proto.last_interrupt_id, proto.last_event_id) == (0, 0)
+    assert proto.data_to_send() == []  # no pong for a ping we cannot echo faithfully
+    assert one(proto, audio_msg(1)) == p.Audio(1, b"\xff\x7f", None, False)
+
+
+def test_event_id_limits_decreasing_and_unseen_ids() -> None:
+    """Issue 11 (1): 0 and 2**32-1 are valid; ids that go down or were never seen obey the
+    interruption rule, and a lower interruption id never lowers the mark."""
+    proto = p.ClientProtocol()
+    assert one(proto, audio_msg(p.EVENT_ID_MAX)) == p.Audio(
+        p.EVENT_ID_MAX, b"\xff\x7f", None, False
+    )
+    assert isinstance(one(proto, audio_msg(7)), p.Audio)  # decreasing, no interruption: plays
+    assert one(proto, interruption_msg(1000)) == p.Interruption(1000, None)  # never seen
+    assert isinstance(one(proto, audio_msg(999)), p.StaleAudio)
+    assert one(proto, interruption_msg(3)) == p.Interruption(3, None)  # decreasing
+    assert proto.last_interrupt_id == 1000
+    assert isinstance(one(proto, audio_msg(999)), p.StaleAudio)
+    assert isinstance(one(proto, audio_msg(1000)), p.Audio)
+    assert one(proto, interruption_msg(p.EVENT_ID_MAX)) == p.Interruption(p.EVENT_ID_MAX, None)
+    assert isinstance(one(proto, audio_msg(p.EVENT_ID_MAX)), p.Audio)
+
+
+def _meta(conversation_id: object) -> str:
+    ev = {"conversation_id": conversation_id, "agent_output_audio_format": "ulaw_8000"}
+    return json.dumps(
+        {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": ev}
+    )
+
+
+def _tool(name: object, call_id: object) -> str:
+    ev = {"tool_name": name, "tool_call_id": call_id, "parameters": {}, "event_id": 1}
+    return json.dumps({"type": "client_tool_call", "client_tool_call": ev})
+
+
+HOSTILE_IDS = [
+    "conv\t1",  # breaks a tab-separated command
+    "conv_1\r\nEvent: Forged",  # forges an AMI header or a log line
+    "conv_1\n",
+    "a b",
+    "a\x00b",
+    "",
+    "x" * 129,
+    "ünïcode",
+    "conv;1",
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_IDS)
+def test_hostile_identifiers_are_malformed(bad: str) -> None:
+    """Issue 11 (3): conversation_id, tool_name and tool_call_id must match ID_PATTERN."""
+    proto = p.ClientProtocol()
+    for msg, field in (
+        (_meta(bad), "conversation_id"),
+        (_tool(bad, "call_1"), "tool_name"),
+        (_tool("lookup", bad), "tool_call_id"),
+    ):
+        ev = one(proto, msg)
+        assert isinstance(ev, p.MalformedMessage) and not ev.internal, ev
+        assert f".{field}: " in ev.error and "not a valid identifier" in ev.error, ev.error
+        assert not any(c in ev.error + ev.excerpt for c in "\t\r\n\x00")
+    assert proto.conversation_id is None
+
+
+def test_valid_identifiers_pass_unchanged() -> None:
+    proto = p.ClientProtocol()
+    ev = one(proto, _meta("conv_7801k2xq9v3fe6r8t4yd2mbz5hwa"))
+    assert isinstance(ev, p.ConversationInitiationMetadata)
+    assert ev.conversation_id == "conv_7801k2xq9v3fe6r8t4yd2mbz5hwa"
+    ev = one(proto, _tool("transfer-to.human:v2", "x" * 128))
+    assert isinstance(ev, p.ClientToolCall)
+    assert (ev.tool_name, ev.tool_call_id) == ("transfer-to.human:v2", "x" * 128)
+
+
+def test_malformed_carries_the_type_and_escapes_controls() -> None:
+    ev = one(p.ClientProtocol(), '{"type":"interruption",\n"interruption_event":{}}')
+    assert isinstance(ev, p.MalformedMessage) and ev.type == "interruption"
+    assert "\n" not in ev.excerpt and "\\x0a" in ev.excerpt
+
+
+@pytest.mark.parametrize("field", ["vad_score", "ping_ms"])
+def test_integers_beyond_float_range(field: str) -> None:
+    """Found by the strict fuzzing: float(10**400) raised OverflowError (an internal error)."""
+    if field == "vad_score":
+        ev = one(
+            p.ClientProtocol(),
+            json.dumps({"type": "vad_score", "vad_score_event": {"vad_score": 10**400}}),
+        )
+        assert isinstance(ev, p.MalformedMessage) and not ev.internal
+        assert "beyond float range" in ev.error
+    else:
+        ev = one(
+            p.ClientProtocol(),
+            json.dumps({"type": "ping", "ping_event": {"event_id": 1, "ping_ms": 10**400}}),
+        )
+        assert ev == p.Ping(1, None)
+
+
+def test_error_code_outside_close_codes_is_ignored() -> None:
+    for code in (2**63, -1, 999, 5000):
+        ev = one(
+            p.ClientProtocol(),
+            json.dumps({"type": "error", "error_event": {"code": code, "error_type": "x"}}),
+        )
+        assert isinstance(ev, p.ErrorEvent) and ev.code is None
+
+
 def test_malformed_state_unchanged() -> None:
     proto = p.ClientProtocol()
     proto.receive('{"type":"interruption","interruption_event":{"event_id":"9"}}')
@@ -541,6 +663,8 @@ def test_end_reason_values() -> None:
         "connect_failed",
         "unsupported_format",
         "shutdown",
+        "message_too_big",
+        "transfer",
     ]
     assert f"{R.TIMEOUT}" == "timeout"
 

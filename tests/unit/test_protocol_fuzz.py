@@ -1,7 +1,11 @@
 """Property tests: nothing a server (or an attacker in its place) sends makes ``receive``
-or the session's dispatch raise, and the interruption rule holds for any id sequence.
+or the session's dispatch fail, and the interruption rule holds for any id sequence.
 
-Each test counts the examples hypothesis ran and prints the count (``pytest -s``)."""
+"Fail" includes ``receive``'s last resort: a MalformedMessage marked ``internal`` is a bug
+caught, not a frame handled, so every test rejects it. Every event that comes out must also
+carry only values the rest of the module can take: event ids within 32 bits, identifiers
+matching ``ID_PATTERN``. Each test counts the examples hypothesis ran and prints the count
+(``pytest -s``); about 15,000 in all, a few seconds."""
 
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ json_leaf = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=-(10**400), max_value=10**400)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12)
     | st.sampled_from(TYPES)
@@ -89,8 +94,28 @@ _STRINGS = [
     "end_call",
     "é\u0000\ud7ff",
     "x" * 300,
+    "conv\tid",
+    "call_1\r\nEvent: Forged",
+    "tool name",
+    "x" * 129,
 ]
-_NUMBERS = [0, 1, -1, 2**31, 2**63, -(2**64), 10**30, 0.5, -0.0, 1e308, 1e-300, 3.0]
+_NUMBERS = [
+    0,
+    1,
+    -1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**63,
+    -(2**64),
+    10**30,
+    10**400,  # beyond float range: float() raises OverflowError
+    0.5,
+    -0.0,
+    1e308,
+    1e-300,
+    3.0,
+]
 
 
 def rand_json(rnd: random.Random, depth: int = 0) -> Any:
@@ -158,10 +183,30 @@ def run_counted(
     return count
 
 
+_ID_FIELDS = ("conversation_id", "tool_name", "tool_call_id")
+
+
+def check_event(ev: p.Event) -> None:
+    """``ev`` is a handled frame whose values are safe to pass on."""
+    assert isinstance(ev, p.Event)
+    if isinstance(ev, p.MalformedMessage):
+        assert not ev.internal, ev.error
+        assert not any(c in ev.excerpt for c in "\r\n\t\x00"), ev.excerpt
+        return
+    event_id = getattr(ev, "event_id", None)
+    assert event_id is None or 0 <= event_id <= p.EVENT_ID_MAX, ev
+    for name in _ID_FIELDS:
+        value = getattr(ev, name, None)
+        if value:  # optional ids are "" when absent
+            assert p.ID_PATTERN.fullmatch(value), ev
+
+
 def _never_raises(data: str | bytes) -> None:
     proto = p.ClientProtocol()
     events = proto.receive(data)
-    assert events and all(isinstance(e, p.Event) for e in events)
+    assert events
+    for ev in events:
+        check_event(ev)
     for text in proto.data_to_send():
         json.loads(text)
 
@@ -208,6 +253,27 @@ def test_mutated_fixtures_never_raise() -> None:
     assert n >= 500
 
 
+_EDGE_VALUES: list[Any] = [None, True, [], {}, *_NUMBERS, *_STRINGS]
+
+
+def test_every_field_with_every_edge_value() -> None:
+    """Exhaustive, not random: each field of each fixture message, replaced in turn by each
+    edge value (huge and negative integers, floats, control characters, wrong types)."""
+    count = 0
+    for msg in MESSAGES:
+        for path in _paths(msg)[1:]:
+            for value in _EDGE_VALUES:
+                bad = copy.deepcopy(msg)
+                parent = bad
+                for key in path[:-1]:
+                    parent = parent[key]
+                parent[path[-1]] = value
+                _never_raises(json.dumps(bad))
+                count += 1
+    print(f"fixture fields x edge values: {count} messages")
+    assert count >= 5000
+
+
 def test_truncated_fixtures_never_raise() -> None:
     lines = [json.dumps(m) for m in MESSAGES]
     n = run_counted(
@@ -240,10 +306,78 @@ def _interruption_rule(ops: list[tuple[str, int]]) -> None:
             assert isinstance(ev, p.Audio) and ev.event_id == event_id
 
 
+def _interruption_rule_any_int(ops: list[tuple[str, int]]) -> None:
+    """Ids outside 32 bits are malformed and change nothing; the others obey the rule."""
+    in_range = [(k, i) for k, i in ops if 0 <= i <= p.EVENT_ID_MAX]
+    proto = p.ClientProtocol()
+    for kind, event_id in ops:
+        if 0 <= event_id <= p.EVENT_ID_MAX:
+            continue
+        msg = (
+            {"type": "interruption", "interruption_event": {"event_id": event_id}}
+            if kind == "i"
+            else {"type": "audio", "audio_event": {"audio_base_64": "AA==", "event_id": event_id}}
+        )
+        (ev,) = proto.receive(json.dumps(msg))
+        assert isinstance(ev, p.MalformedMessage) and not ev.internal
+        assert "outside 0..4294967295" in ev.error
+    assert proto.last_interrupt_id == 0 and proto.last_event_id == 0
+    _interruption_rule(in_range)
+
+
 def test_interruption_rule_property() -> None:
     op = st.tuples(st.sampled_from(["a", "a", "i"]), st.integers(0, 30))
     n = run_counted(_interruption_rule, st.lists(op, max_size=30), examples=1000)
     print(f"interruption sequences: {n} examples")
+    assert n >= 500
+
+
+def test_event_ids_of_any_size_property() -> None:
+    edge = st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**32, 2**63, 2**64, -1, -(2**63)])
+    wide = st.integers(-(2**70), 2**70)
+    op = st.tuples(st.sampled_from(["a", "a", "i"]), edge | wide | st.integers(0, 30))
+    n = run_counted(_interruption_rule_any_int, st.lists(op, max_size=20), examples=500)
+    print(f"interruption sequences with ids of any size: {n} examples")
+    assert n >= 200
+
+
+def test_hostile_identifiers_are_rejected() -> None:
+    """Ids with anything outside the pattern are malformed; valid ones pass unchanged."""
+
+    def prop(args: tuple[str, str]) -> None:
+        field, value = args
+        ids = {"conversation_id": "conv_1", "tool_name": "lookup", "tool_call_id": "call_1"}
+        ids[field] = value
+        msgs = [
+            {
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": {
+                    "conversation_id": ids["conversation_id"]
+                },
+            },
+            {
+                "type": "client_tool_call",
+                "client_tool_call": {
+                    "tool_name": ids["tool_name"],
+                    "tool_call_id": ids["tool_call_id"],
+                    "parameters": {},
+                },
+            },
+        ]
+        valid = p.ID_PATTERN.fullmatch(value) is not None
+        for msg in msgs:
+            (ev,) = p.ClientProtocol().receive(json.dumps(msg))
+            check_event(ev)
+            carried = any(getattr(ev, f, None) == value for f in _ID_FIELDS if f == field)
+            if valid:
+                assert not isinstance(ev, p.MalformedMessage), ev
+            elif field in json.dumps(msg):
+                assert not carried, ev
+
+    hostile = st.text(max_size=140) | st.sampled_from(["a\tb", "a\r\nEvent: X", "", " ", "a" * 129])
+    fields = st.sampled_from(_ID_FIELDS)
+    n = run_counted(prop, st.tuples(fields, hostile), examples=1000)
+    print(f"hostile identifiers: {n} examples")
     assert n >= 500
 
 
@@ -262,6 +396,7 @@ class _Sink:
 
     def on_event(self, event: p.Event) -> None:
         self.count += 1
+        check_event(event)
 
 
 def test_session_dispatch_never_raises() -> None:

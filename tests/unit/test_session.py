@@ -707,6 +707,29 @@ def test_abrupt_tcp_drop_is_network_loss() -> None:
     assert out.rec.audio == [(1, b"\xff" * 160)]
 
 
+def test_oversize_message_names_the_limit(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11 (2): a message over max_message_bytes is closed with 1009 by websockets; the
+    result and the log name that, not a network loss."""
+
+    async def agent(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.send(meta())
+        await conn.send(audio(1, b"\xff" * 160))
+        await conn.send(audio(2, b"\xff" * 8000))  # ~10.7 kB of JSON, over the 8 KiB limit
+        await svc.drain(conn)
+
+    caplog.set_level(logging.DEBUG, logger=LOG_NAME)
+    out = run_session(agent, max_message_bytes=8192)
+    assert (out.result.status, out.result.reason) == ("FAILED", p.EndReason.MESSAGE_TOO_BIG)
+    assert out.result.close_code == 1009
+    assert out.result.detail.startswith("the server sent a message over the 8192-byte limit")
+    assert out.svc.client_close_code == 1009
+    assert out.rec.audio == [(1, b"\xff" * 160)]
+    (end,) = [r.getMessage() for r in caplog.records if "ended:" in r.getMessage()]
+    assert "FAILED/message_too_big (close code 1009)" in end and "8192-byte limit" in end
+    assert "without a close frame" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("frames", "code", "status", "reason"),
     [

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import signal
+import ssl
 import sys
 import types
 import typing
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve https/wss with this certificate chain (make test ones with "
+        "`python -m convai.sim.tls DIR`); the client must trust its CA",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    parser.add_argument(
         "--scenario",
         metavar="FILE",
         help="JSON object of Scenario fields; options given on the command line win",
@@ -196,7 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(level)
     logger.propagate = False
     try:
-        sim = Simulator(scenario, host=ns.host, port=ns.port)
+        ctx = None
+        if ns.tls_cert:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(ns.tls_cert, ns.tls_key)
+        sim = Simulator(scenario, host=ns.host, port=ns.port, ssl_context=ctx)
         asyncio.run(_serve(sim))
     except SpeechUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)

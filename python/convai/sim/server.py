@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import secrets
+import socket
+import ssl
 import string
 import threading
 import time
@@ -184,13 +186,63 @@ class Scenario:
     tool_calls: list[dict[str, Any]] = field(
         default_factory=list,
         metadata=_h(
-            "client_tool_call payloads sent after the first caller turn, e.g. "
-            '{"tool_name":"transfer_call","parameters":{"to":"100"}}'
+            "scripted tool calls, e.g. "
+            '{"tool_name":"transfer_call","parameters":{"destination":"sales"}}. '
+            "Keys beyond the client_tool_call payload: after_turn (caller turn that triggers "
+            "it, default 1; 0 = right after the greeting), say_before (spoken first), "
+            "after_speech (send only once say_before has played out, as execution_mode "
+            "post_tool_speech does), on_result / on_error (spoken after the result, {result} "
+            "replaced; then the normal reply is skipped), system (send an agent_tool_response "
+            "for a system tool of that name instead)"
         ),
     )
     tool_result_timeout_s: float = field(
         default=5.0, metadata=_h("wait this long for client_tool_result before replying")
     )
+
+    # --- phases and hostile servers (tests/integration/test_faults.py) ---
+    ws_handshake_delay_s: float = field(
+        default=0.0, metadata=_h("hold the WebSocket upgrade this long before answering 101")
+    )
+    metadata_delay_s: float = field(
+        default=0.0, metadata=_h("wait this long before conversation_initiation_metadata")
+    )
+    send_metadata: bool = field(
+        default=True,
+        metadata=_h("when off, never send the metadata (nor anything else): the client waits"),
+    )
+    stop_reading_after_s: float | None = field(
+        default=None,
+        metadata=_h(
+            "stop reading the socket (its receive buffer shrunk to 4 KiB) so the client's TCP "
+            "window fills; the agent goes on talking"
+        ),
+    )
+    flood_audio_s: float | None = field(
+        default=None,
+        metadata=_h(
+            "instead of the greeting, send this many seconds of agent audio (one event id) as "
+            "fast as the socket takes it"
+        ),
+    )
+    oversize_message_bytes: int | None = field(
+        default=None,
+        metadata=_h("right after the metadata, send one audio message of this many bytes"),
+    )
+    first_event_id: int = field(
+        default=1, metadata=_h("the first agent event id (e.g. 2**63, or negative)")
+    )
+    event_id_step: int = field(
+        default=1, metadata=_h("added for each new agent event id (negative: decreasing ids)")
+    )
+    inject: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata=_h(
+            "messages sent verbatim inject_after_s after the metadata, e.g. an interruption "
+            'for an id never used: {"interruption_event":{"event_id":999},"type":"interruption"}'
+        ),
+    )
+    inject_after_s: float = field(default=0.5, metadata=_h("when the inject messages go"))
 
     def validate(self) -> None:
         for name in ("input_format", "output_format"):
@@ -201,6 +253,8 @@ class Scenario:
             raise ValueError("audio_chunk_ms must be positive")
         if self.silence_end_ms < FRAME_MS:
             raise ValueError(f"silence_end_ms must be at least {FRAME_MS}")
+        if self.event_id_step == 0:
+            raise ValueError("event_id_step must not be 0")
 
 
 @dataclass(slots=True)
@@ -263,6 +317,8 @@ class ConversationRecord:
     end_reason: str | None = None  # client_closed | end_call | max_duration | scripted_close |
     # tcp_drop | connection_lost | server_stopped | error
     ended_at: float | None = None  # time.time()
+    flood_sent_s: float = 0.0  # flood_audio_s: audio sent, and how long sending it took
+    flood_took_s: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -351,14 +407,25 @@ class Simulator:
     code, ``with Simulator(...).run_in_thread() as sim:``."""
 
     def __init__(
-        self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        scenario: Scenario | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context`` (a server context, e.g. ``convai.sim.tls.server_context``) serves
+        both endpoints over TLS: https for the signed URL, which then hands out wss URLs."""
         self.scenario = scenario if scenario is not None else Scenario()
+        self.ssl_context = ssl_context
         self.scenario.validate()
         self.host = host
         self.port = port
         self.conversations: list[ConversationRecord] = []
         self.signed_url_requests: list[SignedUrlRequest] = []
+        # time.time() when each request arrived (signed_url_requests logs them when answered)
+        self.signed_url_arrivals: list[float] = []
+        self.ws_arrivals: list[float] = []  # WebSocket upgrade requests, when they arrived
+        self.ws_abandoned = 0  # upgrades the client gave up on during ws_handshake_delay_s
         self._signatures: dict[str, tuple[str, float]] = {}
         self._phrases: dict[tuple[str, str, int], tuple[_Chunk, ...]] = {}
         self._active: set[_Conversation] = set()
@@ -367,7 +434,7 @@ class Simulator:
     # --- addresses ---
     @property
     def base_url(self) -> str:
-        return f"http://{self._url_host()}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self._url_host()}:{self.port}"
 
     @property
     def signed_url_endpoint(self) -> str:
@@ -376,7 +443,11 @@ class Simulator:
     @property
     def ws_url(self) -> str:
         """The WebSocket URL without a signature (public agents; add ?agent_id=...)."""
-        return f"ws://{self._url_host()}:{self.port}{WS_PATH}"
+        return f"{self._ws_scheme}://{self._url_host()}:{self.port}{WS_PATH}"
+
+    @property
+    def _ws_scheme(self) -> str:
+        return "wss" if self.ssl_context else "ws"
 
     def _url_host(self) -> str:
         if self.host in ("", "0.0.0.0"):
@@ -413,6 +484,7 @@ class Simulator:
             self.port,
             reuse_address=True,
             backlog=1024,
+            ssl_context=self.ssl_context,
             **(shutdown if on_site else {}),  # type: ignore[arg-type]
         )
         await site.start()
@@ -512,6 +584,7 @@ class Simulator:
 
     # --- HTTP ---
     async def _handle_signed_url(self, request: web.Request) -> web.Response:
+        self.signed_url_arrivals.append(time.time())
         sc = self.scenario
         agent_id = request.query.get("agent_id")
         api_key = request.headers.get("xi-api-key")
@@ -532,7 +605,7 @@ class Simulator:
             }
             self._signatures[signature] = (agent_id, now)
             query = urlencode({"agent_id": agent_id, "conversation_signature": signature})
-            url = f"ws://{request.host}{WS_PATH}?{query}"
+            url = f"{self._ws_scheme}://{request.host}{WS_PATH}?{query}"
             status = 200
             body = (
                 sc.signed_url_body
@@ -560,6 +633,7 @@ class Simulator:
         return None
 
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        self.ws_arrivals.append(time.time())
         sc = copy.deepcopy(self.scenario)
         try:
             sc.validate()
@@ -581,6 +655,12 @@ class Simulator:
             body = {"detail": {"status": "invalid_signature", "message": refused}}
             return web.Response(status=403, text=_compact(body), content_type="application/json")
         transport = request.transport
+        if sc.ws_handshake_delay_s > 0:
+            await asyncio.sleep(sc.ws_handshake_delay_s)
+            if transport is None or transport.is_closing():
+                self.ws_abandoned += 1
+                log.info("WebSocket upgrade abandoned by the client during the delay")
+                return web.Response(status=499, text="client went away")
         await ws.prepare(request)
         record = ConversationRecord(
             conversation_id=_new_id("conv_"),
@@ -619,7 +699,7 @@ class _Conversation:
         self.t0 = self.loop.time()
         self.variables: dict[str, Any] = {}
         self.greeting = sc.greeting
-        self._event_id = 0
+        self._event_id = sc.first_event_id - sc.event_id_step
         self._ping_id = 0
         self._pings: dict[int, float] = {}
         self._last_rtt_ms: int | None = None
@@ -631,7 +711,8 @@ class _Conversation:
         self._ending = False
         self._closer: asyncio.Task[bool] | None = None
         self._silenced = False  # set before a scripted error: nothing may slip in between
-        self._tool_waiters: dict[str, asyncio.Future[None]] = {}
+        self._stalled = False  # stop_reading_after_s: the reader stopped
+        self._tool_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._audio_cap = int(sc.record_caller_audio_s * 1000 * audio.bytes_per_ms(sc.input_format))
         # VAD state, all in caller-audio time (ms of audio received), not wall time.
         rate = audio.format_rate(sc.input_format)
@@ -663,7 +744,7 @@ class _Conversation:
             log.log(level, "%s %7.3fs %s " + what, self.cid, self._t(), arrow, *args)
 
     def _next_id(self) -> int:
-        self._event_id += 1
+        self._event_id += self.sc.event_id_step
         return self._event_id
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -711,22 +792,18 @@ class _Conversation:
         self._log(logging.INFO, "·", "connected agent_id=%s", self.rec.agent_id)
         try:
             first = await self._receive_init()
-            await self._send(
-                "conversation_initiation_metadata",
-                "conversation_initiation_metadata_event",
-                {
-                    "conversation_id": self.cid,
-                    "agent_output_audio_format": self.sc.output_format,
-                    "user_input_audio_format": self.sc.input_format,
-                },
-                f"in={self.sc.input_format} out={self.sc.output_format}",
-            )
-            self._start_scripts()
-            if self.sc.ping_interval > 0:
-                self._spawn(self._ping_loop())
-            greeting = _substitute(self.greeting, self.variables)
-            if greeting:
-                self._start_agent(partial(self._speak_turn, self._next_id(), greeting))
+            if not self.sc.send_metadata:
+                self._note("sim", "no_metadata")
+                self._log(logging.INFO, "·", "not sending the metadata (scripted)")
+            elif self.sc.metadata_delay_s > 0:  # reading meanwhile, so a close is seen at once
+
+                async def begin_later() -> None:
+                    await asyncio.sleep(self.sc.metadata_delay_s)
+                    await self._begin()
+
+                self._spawn(begin_later())
+            else:
+                await self._begin()
             await self._read_loop(first)
         except Exception:
             log.exception("%s conversation failed", self.cid)
@@ -734,6 +811,27 @@ class _Conversation:
             await self._close(1011, "simulator error", "error")
         finally:
             await self._finish()
+
+    async def _begin(self) -> None:
+        """The metadata, then the scripts, the pings and the greeting."""
+        await self._send(
+            "conversation_initiation_metadata",
+            "conversation_initiation_metadata_event",
+            {
+                "conversation_id": self.cid,
+                "agent_output_audio_format": self.sc.output_format,
+                "user_input_audio_format": self.sc.input_format,
+            },
+            f"in={self.sc.input_format} out={self.sc.output_format}",
+        )
+        self._start_scripts()
+        if self.sc.ping_interval > 0:
+            self._spawn(self._ping_loop())
+        greeting = _substitute(self.greeting, self.variables)
+        if self.sc.flood_audio_s is not None:
+            self._start_agent(partial(self._flood, self._next_id(), greeting or "Flood."))
+        elif greeting or self._has_tool_calls(0):
+            self._start_agent(partial(self._greet, self._next_id(), greeting))
 
     async def _receive_init(self) -> WSMessage | None:
         """Wait briefly for conversation_initiation_client_data; return any other first frame
@@ -777,6 +875,8 @@ class _Conversation:
 
     async def _read_loop(self, first: WSMessage | None) -> None:
         while True:
+            while self._stalled and self.transport is not None and not self.transport.is_closing():
+                await asyncio.sleep(0.05)  # not reading: aiohttp's queue, then TCP, fill up
             msg, first = (first, None) if first is not None else (await self.ws.receive(), None)
             if msg.type == WSMsgType.TEXT:
                 try:
@@ -855,6 +955,12 @@ class _Conversation:
             later(sc.drop_tcp_after_s, self._drop_tcp)
         if sc.garbage_after_s is not None:
             later(sc.garbage_after_s, self._garbage)
+        if sc.stop_reading_after_s is not None:
+            later(sc.stop_reading_after_s, self._stop_reading)
+        if sc.oversize_message_bytes is not None:
+            later(0.0, self._oversize)
+        if sc.inject:
+            later(sc.inject_after_s, self._inject)
 
     async def _max_duration(self) -> None:
         limit = self.sc.max_duration_s or 0.0
@@ -891,6 +997,58 @@ class _Conversation:
         self._log(logging.INFO, "·", "dropping the TCP connection (no close frame)")
         if isinstance(self.transport, asyncio.WriteTransport):
             self.transport.abort()
+
+    async def _stop_reading(self) -> None:
+        self._stalled = True
+        if isinstance(self.transport, asyncio.ReadTransport):
+            self.transport.pause_reading()  # under aiohttp's own flow control: nobody resumes it
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._note("sim", "stop_reading", f"after {self.rec.caller_audio_bytes} caller bytes")
+        self._log(logging.INFO, "·", "stopped reading the socket (scripted)")
+
+    async def _oversize(self) -> None:
+        n = self.sc.oversize_message_bytes or 0
+        head = '{"audio_event":{"event_id":' + str(self._event_id) + ',"audio_base_64":"'
+        tail = '"},"type":"audio"}'
+        body = "A" * max(0, n - len(head) - len(tail))
+        if await self._send_raw(head + body + tail):
+            self._note("out", "oversize", f"{n} bytes")
+            self._log(logging.INFO, "→", "one audio message of %d bytes", n)
+
+    async def _inject(self) -> None:
+        for msg in self.sc.inject:
+            if not await self._send_raw(_compact(msg)):
+                return
+            eid = next((v.get("event_id") for v in msg.values() if isinstance(v, dict)), None)
+            self._note("out", str(msg.get("type")), _compact(msg)[:120], eid)
+            self._log(logging.INFO, "→", "injected %s", _compact(msg)[:200])
+
+    async def _flood(self, event_id: int, text: str) -> None:
+        """flood_audio_s of audio for one event id, as fast as the socket drains (the phrase's
+        chunks over and over): a hostile server, or a client that cannot keep up."""
+        chunks = await self.sim._chunks(text, self.sc.output_format, self.sc.audio_chunk_ms)
+        target = self.sc.flood_audio_s or 0.0
+        turn = _Turn(event_id, text, chunks, target)
+        self._turn = turn
+        self.rec.agent_responses.append((event_id, text))
+        turn.started = self.loop.time()
+        self._log(logging.INFO, "→", "flood of %.0f s of audio [%d]", target, event_id)
+        i = 0
+        while turn.sent_s < target:
+            chunk = chunks[i % len(chunks)]
+            if not await self._send_chunk(turn, chunk, False):
+                return
+            turn.sent += 1
+            turn.sent_s += chunk.seconds
+            i += 1
+            if i % 20 == 0:
+                await asyncio.sleep(0)  # let the other conversations run
+        self.rec.flood_sent_s = turn.sent_s
+        self.rec.flood_took_s = self.loop.time() - turn.started
+        self._note("sim", "flood_done", f"{turn.sent_s:.1f} s in {self.rec.flood_took_s:.2f} s")
 
     async def _garbage(self) -> None:
         eid = self._event_id
@@ -1026,7 +1184,7 @@ class _Conversation:
         self._log(logging.INFO, "←", "client_tool_result %s", _compact(msg)[:200])
         waiter = self._tool_waiters.pop(call_id, None) if isinstance(call_id, str) else None
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(msg)
 
     async def _on_user_activity(self, msg: dict[str, Any]) -> None:
         self.rec.user_activity += 1
@@ -1224,8 +1382,8 @@ class _Conversation:
 
     async def _reply(self, event_id: int, turn_no: int) -> None:
         sc = self.sc
-        if turn_no == 1 and sc.tool_calls:
-            await self._tool_calls(event_id)
+        if await self._tool_calls(event_id, turn_no):
+            return  # the agent's reaction to a tool result was this turn's reply
         if sc.reply_delay_s > 0:
             await asyncio.sleep(sc.reply_delay_s)
         if sc.end_after_turns is not None and turn_no >= sc.end_after_turns:
@@ -1236,46 +1394,81 @@ class _Conversation:
             text = _substitute(sc.replies[(turn_no - 1) % len(sc.replies)], self.variables)
             await self._speak_turn(event_id, text)
 
-    async def _tool_calls(self, event_id: int) -> None:
-        waits: list[asyncio.Future[None]] = []
-        for spec in self.sc.tool_calls:
+    def _has_tool_calls(self, turn_no: int) -> bool:
+        return any(int(s.get("after_turn", 1)) == turn_no for s in self.sc.tool_calls)
+
+    async def _greet(self, event_id: int, text: str) -> None:
+        if text:
+            await self._speak_turn(event_id, text)
+        if self._has_tool_calls(0):
+            await self._tool_calls(self._next_id() if text else event_id, 0)
+
+    async def _tool_calls(self, event_id: int, turn_no: int) -> bool:
+        """The scripted tool calls of this turn, in order; True if the agent spoke a
+        reaction to a result (which then stands in for the normal reply)."""
+        reacted = False
+        specs = [s for s in self.sc.tool_calls if int(s.get("after_turn", 1)) == turn_no]
+        for spec in specs:
             src = spec.get("client_tool_call", spec)
             src = src if isinstance(src, dict) else {}
-            payload: dict[str, Any] = {
-                "tool_name": src.get("tool_name", "sim_tool"),
-                "tool_call_id": src.get("tool_call_id") or _new_id("call_", 16),
-                "parameters": src.get("parameters", {}),
-                "event_id": src.get("event_id", event_id),
-                "expects_response": src.get("expects_response", True),
-            }
-            payload.update({k: v for k, v in src.items() if k not in payload})
-            self.rec.tool_calls.append(payload)
-            if payload["expects_response"] and isinstance(payload["tool_call_id"], str):
-                fut: asyncio.Future[None] = self.loop.create_future()
-                self._tool_waiters[payload["tool_call_id"]] = fut
-                waits.append(fut)
-            await self._send(
-                "client_tool_call",
-                "client_tool_call",
-                payload,
-                f"{payload['tool_name']} {_compact(payload['parameters'])}",
-                event_id=event_id,
-            )
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=self.sc.tool_result_timeout_s)
-            if pending:
-                self._log(logging.WARNING, "·", "%d tool result(s) not received", len(pending))
+            if src.get("say_before"):
+                await self._speak_turn(event_id, _substitute(src["say_before"], self.variables))
+                event_id = self._next_id()
+                if src.get("after_speech") and self._turn is not None:
+                    await asyncio.sleep(max(0.0, self._turn.playing_until() - self.loop.time()))
+            if src.get("system"):
+                await self._system_tool(event_id, str(src.get("tool_name", "end_call")))
+                continue
+            result = await self._tool_call(event_id, src)
+            if result is None:
+                continue
+            text = src.get("on_error" if result.get("is_error") else "on_result")
+            if isinstance(text, str) and text:
+                said = text.replace("{result}", str(result.get("result", "")))
+                await self._speak_turn(self._next_id(), said)
+                reacted = True
+        return reacted
 
-    async def _end_call(self, event_id: int, why: str) -> None:
-        self._log(logging.INFO, "·", "agent ends the call: %s", why)
-        farewell = _substitute(self.sc.farewell, self.variables)
-        if farewell:
-            await self._speak_turn(event_id, farewell)
+    async def _tool_call(self, event_id: int, src: dict[str, Any]) -> dict[str, Any] | None:
+        """Send one client_tool_call; with expects_response, wait for its result (None on
+        timeout or without expects_response)."""
+        extra = {"after_turn", "say_before", "after_speech", "on_result", "on_error", "system"}
+        payload: dict[str, Any] = {
+            "tool_name": src.get("tool_name", "sim_tool"),
+            "tool_call_id": src.get("tool_call_id") or _new_id("call_", 16),
+            "parameters": src.get("parameters", {}),
+            "event_id": src.get("event_id", event_id),
+            "expects_response": src.get("expects_response", True),
+        }
+        payload.update({k: v for k, v in src.items() if k not in payload and k not in extra})
+        self.rec.tool_calls.append(payload)
+        fut: asyncio.Future[dict[str, Any]] | None = None
+        if payload["expects_response"] and isinstance(payload["tool_call_id"], str):
+            fut = self.loop.create_future()
+            self._tool_waiters[payload["tool_call_id"]] = fut
+        await self._send(
+            "client_tool_call",
+            "client_tool_call",
+            payload,
+            f"{payload['tool_name']} {_compact(payload['parameters'])}",
+            event_id=event_id,
+        )
+        if fut is None:
+            return None
+        try:
+            return await asyncio.wait_for(fut, self.sc.tool_result_timeout_s)
+        except TimeoutError:
+            self._tool_waiters.pop(payload["tool_call_id"], None)
+            self._log(logging.WARNING, "·", "no result for tool call %s", payload["tool_call_id"])
+            return None
+
+    async def _system_tool(self, event_id: int, name: str) -> None:
+        """What the service sends when one of its own system tools ran (reference §4.12)."""
         await self._send(
             "agent_tool_response",
             "agent_tool_response",
             {
-                "tool_name": "end_call",
+                "tool_name": name,
                 "tool_call_id": _new_id("toolu_sim_", 20),
                 "tool_type": "system",
                 "is_error": False,
@@ -1283,9 +1476,16 @@ class _Conversation:
                 "is_blocked": False,
                 "event_id": event_id,
             },
-            "end_call",
+            name,
             event_id=event_id,
         )
+
+    async def _end_call(self, event_id: int, why: str) -> None:
+        self._log(logging.INFO, "·", "agent ends the call: %s", why)
+        farewell = _substitute(self.sc.farewell, self.variables)
+        if farewell:
+            await self._speak_turn(event_id, farewell)
+        await self._system_tool(event_id, "end_call")
         # Let the farewell play out on the client before the close, as the service does.
         turn = self._turn
         if turn is not None:

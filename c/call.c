@@ -1,0 +1,624 @@
+/*
+ * app_elevenlabs_convai -- one call: the media loop, agent audio out, caller audio up, the end.
+ *
+ * Copyright (C) 2026, the app_elevenlabs_convai authors
+ * This program is free software, distributed under the terms of the GNU General Public License
+ * Version 2. See the LICENSE file at the top of the source tree.
+ *
+ * Everything here runs on the channel's own thread, in one ast_waitfor_nandfds() loop over the
+ * channel, a 20 ms timerfd (one agent frame per tick) and the session's command eventfd.
+ */
+
+#include "asterisk.h"
+
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "asterisk/astobj2.h"
+#include "asterisk/channel.h"
+#include "asterisk/format_cache.h"
+#include "asterisk/frame.h"
+#include "asterisk/linkedlists.h"
+#include "asterisk/logger.h"
+#include "asterisk/pbx.h"
+#include "asterisk/strings.h"
+#include "asterisk/ulaw.h"
+#include "asterisk/utils.h"
+
+#include "convai_private.h"
+#include "metrics.h"
+
+/* Safety net only: Python gives up first, with the real cause. Its worst case before the
+ * metadata is 3 signed-URL attempts of 10 s (aiohttp rounds each up to a whole second) with
+ * 0.5 s + 1 s backoff, 10 s WebSocket handshake, 10 s for the metadata: about 54 s. */
+#define START_TIMEOUT_MS 60000
+#define DRAIN_MAX_MS 30000
+#define PREBUFFER_FRAMES 3       /* 60 ms, absorbed at once when a chunk arrives */
+#define CATCHUP_MAX 3            /* frames written for one wake-up after a stall */
+#define FADE_MS 8
+#define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
+
+static const char *status_names[] = {
+	[CALL_RUNNING] = "RUNNING", [CALL_COMPLETED] = "COMPLETED",
+	[CALL_HANGUP] = "HANGUP", [CALL_FAILED] = "FAILED",
+};
+
+const char *convai_status_name(enum call_status status)
+{
+	return status_names[status];
+}
+
+static AST_RWLIST_HEAD_STATIC(live_calls, convai_call);
+
+static void call_set_end(struct convai_call *c, enum call_status status, const char *reason)
+{
+	if (c->status == CALL_RUNNING) {
+		c->status = status;
+		ast_copy_string(c->reason, reason, sizeof(c->reason));
+	}
+}
+
+static void call_notify_python(struct convai_call *c, int type, const char *text)
+{
+	if (!convai_ring_push(c->sess->to_py, type, text, strlen(text))) {
+		eventfd_write(c->sess->up_efd, 1);
+	}
+}
+
+static int format_for(const char *name, struct ast_format **fmt, uint32_t *bytes)
+{
+	if (!strcmp(name, "ulaw_8000")) {
+		*fmt = ast_format_ulaw;
+		*bytes = 160;
+	} else if (!strcmp(name, "pcm_8000")) {
+		*fmt = ast_format_slin;
+		*bytes = 320;
+	} else if (!strcmp(name, "pcm_16000")) {
+		*fmt = ast_format_slin16;
+		*bytes = 640;
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+/* STARTED: "conversation_id\tinput_format\toutput_format" */
+static void call_on_started(struct convai_call *c, char *text)
+{
+	char *conv = strsep(&text, "\t");
+	char *in = strsep(&text, "\t");
+	char *out = text;
+	uint32_t up_bytes;
+	/* The first tick at once, not 20 ms on: the greeting often reaches the ring before this
+	 * command does, and would otherwise wait a whole extra frame (bench/README.md). */
+	struct itimerspec its = { { 0, 20000000 }, { 0, 1 } };
+
+	if (c->started || !conv || !in || !out
+		|| format_for(in, &c->read_fmt, &up_bytes) || format_for(out, &c->write_fmt, &c->frame_bytes)) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the agent asked for unsupported audio formats\n",
+			ast_channel_name(c->chan), c->agent->name);
+		call_set_end(c, CALL_FAILED, "unsupported_format");
+		return;
+	}
+	c->up_frame_bytes = up_bytes;
+	c->frame_samples = c->write_fmt == ast_format_ulaw ? 160 : c->frame_bytes / 2;
+	memset(c->silence, c->write_fmt == ast_format_ulaw ? 0xff : 0, sizeof(c->silence));
+	if (ast_set_read_format(c->chan, c->read_fmt) || ast_set_write_format(c->chan, c->write_fmt)) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot set the channel to %s/%s\n",
+			ast_channel_name(c->chan), c->agent->name, in, out);
+		call_set_end(c, CALL_FAILED, "unsupported_format");
+		return;
+	}
+	AST_RWLIST_WRLOCK(&live_calls);
+	ast_copy_string(c->conversation_id, conv, sizeof(c->conversation_id));
+	ast_copy_string(c->in_format, in, sizeof(c->in_format));
+	ast_copy_string(c->out_format, out, sizeof(c->out_format));
+	c->started = 1;
+	AST_RWLIST_UNLOCK(&live_calls);
+	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_CONVERSATION_ID", conv);
+	/* Absolute 20 ms clock for agent audio; its expiration count is what keeps us exact. */
+	timerfd_settime(c->tfd, 0, &its, NULL);
+	ast_verb(3, LOG_PREFIX "%s [%s]: conversation %s started with agent [%s] (%s in, %s out)\n",
+		ast_channel_name(c->chan), c->agent->name, conv, c->agent->name, in, out);
+	{
+		char body[64];
+
+		snprintf(body, sizeof(body), "InputFormat: %s\r\nOutputFormat: %s\r\n", in, out);
+		convai_call_event(c, "ElevenLabsConvAIStart", body);
+	}
+}
+
+/* END: "STATUS\treason\tdetail" */
+static void call_on_end(struct convai_call *c, char *text)
+{
+	char *status = strsep(&text, "\t");
+	char *reason = strsep(&text, "\t");
+	enum call_status st = CALL_FAILED;
+
+	if (c->draining) {
+		return;   /* already ending (max_duration): that result stands */
+	}
+	if (status && !strcmp(status, "COMPLETED")) {
+		st = CALL_COMPLETED;
+	} else if (status && !strcmp(status, "HANGUP")) {
+		st = CALL_HANGUP;
+	}
+	if (!c->started || st == CALL_FAILED) {
+		/* Nothing worth draining: a failed setup or a broken conversation. */
+		call_set_end(c, st, S_OR(reason, "server_error"));
+		return;
+	}
+	/* The loop ends once the agent's queued audio has played out: no cut-off goodbye. */
+	c->draining = 1;
+	c->drain_start = ast_tvnow();
+	c->final_status = st;
+	ast_copy_string(c->final_reason, S_OR(reason, "completed"), sizeof(c->final_reason));
+}
+
+/* EVENT: "Name\r\nKey: value\r\n..." */
+static void call_on_event(struct convai_call *c, char *text)
+{
+	char *name = strsep(&text, "\r\n");
+
+	if (!ast_strlen_zero(name) && !strncmp(name, "ElevenLabsConvAI", 16)) {
+		convai_call_event(c, name, S_OR(ast_skip_blanks(text), ""));
+	}
+}
+
+static void call_on_setvar(struct convai_call *c, char *text)
+{
+	char *eq = strchr(text, '=');
+
+	if (eq && eq != text && !strncmp(text, "ELEVENLABS_", 11)) {
+		*eq = '\0';
+		pbx_builtin_setvar_helper(c->chan, text, eq + 1);
+	}
+}
+
+static void call_on_commands(struct convai_call *c)
+{
+	char text[CONVAI_CMD_BYTES + 1];
+	eventfd_t ignored;
+	uint32_t type;
+	int len;
+
+	eventfd_read(c->sess->down_efd, &ignored);
+	while ((len = convai_ring_pop(c->sess->to_c, &type, text, CONVAI_CMD_BYTES)) >= 0) {
+		text[len] = '\0';
+		switch (type) {
+		case CONVAI_CMD_STARTED:
+			call_on_started(c, text);
+			break;
+		case CONVAI_CMD_END:
+			call_on_end(c, text);
+			break;
+		case CONVAI_CMD_EVENT:
+			call_on_event(c, text);
+			break;
+		case CONVAI_CMD_SETVAR:
+			call_on_setvar(c, text);
+			break;
+		case CONVAI_CMD_FLUSH:
+			atomic_store(&c->sess->down->head, atomic_load(&c->sess->down->tail));
+			c->playing = 0;
+			break;
+		default:
+			ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: unknown command %u from the Python "
+				"runtime\n", ast_channel_name(c->chan), c->agent->name, type);
+		}
+	}
+}
+
+/* --- media: agent audio out, one frame per timer tick -------------------------------------- */
+
+/* How far each write strays from the 20 ms grid: what the caller's jitter buffer sees. */
+static void call_note_write(struct convai_call *c)
+{
+	uint32_t now = convai_now_us();
+
+	if (c->last_write_us) {
+		int32_t dev = (int32_t) (now - c->last_write_us) - 20000;
+
+		convai_hist_add(c->sess, CONVAI_HIST_PLAYOUT, (uint32_t) abs(dev));
+	}
+	c->last_write_us = now;
+}
+
+static void call_write(struct convai_call *c, const unsigned char *data)
+{
+	struct ast_frame f = {
+		.frametype = AST_FRAME_VOICE,
+		.src = APP_NAME,
+	};
+
+	memcpy(c->out + AST_FRIENDLY_OFFSET, data, c->frame_bytes);
+	f.subclass.format = c->write_fmt;
+	AST_FRAME_SET_BUFFER(&f, c->out, AST_FRIENDLY_OFFSET, c->frame_bytes);
+	f.samples = c->frame_samples;
+	ast_write(c->chan, &f);
+	call_note_write(c);
+}
+
+/* Fade the frame that would have played next to silence over FADE_MS: no click on barge-in. */
+static void call_write_fade(struct convai_call *c, const unsigned char *cut, uint32_t len)
+{
+	unsigned char buf[CONVAI_FRAME_MAX];
+	uint32_t n = c->frame_samples * FADE_MS / 20;
+	uint32_t i;
+
+	memcpy(buf, c->silence, c->frame_bytes);
+	for (i = 0; i < n; i++) {
+		int gain = (int) (n - i);
+
+		if (c->write_fmt == ast_format_ulaw) {
+			if (i < len) {
+				buf[i] = AST_LIN2MU(AST_MULAW(cut[i]) * gain / (int) n);
+			}
+		} else if (2 * i + 1 < len) {
+			int16_t s;
+
+			memcpy(&s, cut + 2 * i, 2);
+			s = (int16_t) (s * gain / (int) n);
+			memcpy(buf + 2 * i, &s, 2);
+		}
+	}
+	call_write(c, buf);
+}
+
+/* The watermark moved while the agent was speaking: cut what is queued, fading the head. */
+static int call_on_interruption(struct convai_call *c, uint32_t below)
+{
+	struct convai_ring *r = c->sess->down;
+	uint32_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+	uint32_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
+	struct convai_slot *s = h != t ? convai_ring_slot(r, h) : NULL;
+
+	c->seen_below = below;
+	if (!c->playing || c->last_played_id >= below) {
+		return 0;
+	}
+	c->playing = 0;
+	c->prebuffer_ticks = 0;
+	convai_hist_add(c->sess, CONVAI_HIST_BARGE_IN,
+		convai_now_us() - (uint32_t) convai_stat_get(c->sess, CONVAI_STAT_INTERRUPT_STAMP));
+	if (s && s->event_id < below) {
+		call_write_fade(c, s->data, s->len);
+	} else {
+		call_write(c, c->silence);
+	}
+	return 1;
+}
+
+static void call_play_one(struct convai_call *c)
+{
+	struct convai_ring *r = c->sess->down;
+	uint32_t below = atomic_load_explicit(&r->drop_below, memory_order_acquire);
+	struct convai_slot *s;
+
+	if (below != c->seen_below && call_on_interruption(c, below)) {
+		convai_ring_peek(r);   /* drops the stale slots now */
+		return;
+	}
+	s = convai_ring_peek(r);
+	if (!c->playing) {
+		/* Prebuffer: start once a few frames are queued, or after as many ticks. */
+		if (!s || (convai_ring_count(r) < PREBUFFER_FRAMES
+				&& ++c->prebuffer_ticks < PREBUFFER_FRAMES)) {
+			call_write(c, c->silence);
+			return;
+		}
+		c->playing = 1;
+		c->prebuffer_ticks = 0;
+		if (s->stamp && s->event_id != c->last_played_id) {
+			/* Measured at the write below, give or take the memcpy. */
+			convai_hist_add(c->sess, CONVAI_HIST_FIRST_FRAME, convai_now_us() - s->stamp);
+		}
+	}
+	if (!s) {
+		/* Dry. With audio still waiting in Python's backlog this is a real underrun. */
+		if (convai_stat_get(c->sess, CONVAI_STAT_BACKLOG_FRAMES)) {
+			convai_stat_add(c->sess, CONVAI_STAT_UNDERRUNS, 1);
+		} else {
+			c->playing = 0;
+		}
+		call_write(c, c->silence);
+		return;
+	}
+	if (s->len == c->frame_bytes) {
+		call_write(c, s->data);
+	} else {
+		unsigned char buf[CONVAI_FRAME_MAX];
+
+		memcpy(buf, c->silence, c->frame_bytes);
+		memcpy(buf, s->data, MIN(s->len, c->frame_bytes));
+		call_write(c, buf);
+	}
+	c->last_played_id = s->event_id;
+	convai_ring_advance(r);
+	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_PLAYED, 1);
+}
+
+static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t len, uint32_t now);
+
+/*
+ * The agent's VAD, barge-in and receive timeout need a continuous stream, but a channel may
+ * deliver nothing for a while (a Local channel running Wait(), DTX, hold). When the caller's
+ * frames lag the 20 ms clock by more than a little, send silence for the gap.
+ */
+static void call_fill_uplink(struct convai_call *c, uint64_t ticks)
+{
+	uint32_t now = convai_now_us();
+	unsigned char silence[CONVAI_FRAME_MAX];
+
+	c->up_deficit += (int) MIN(ticks, 50u);
+	if (c->up_deficit <= UP_SLACK_FRAMES || c->draining) {
+		return;
+	}
+	memset(silence, c->read_fmt == ast_format_ulaw ? 0xff : 0, c->up_frame_bytes);
+	while (c->up_deficit > UP_SLACK_FRAMES) {
+		call_push_up(c, silence, c->up_frame_bytes, now);
+	}
+}
+
+static void call_on_tick(struct convai_call *c)
+{
+	uint64_t expirations = 0;
+
+	if (read(c->tfd, &expirations, sizeof(expirations)) != sizeof(expirations)) {
+		return;
+	}
+	if (expirations > 1) {
+		convai_stat_add(c->sess, CONVAI_STAT_LATE_TICKS, expirations - 1);
+	}
+	call_fill_uplink(c, expirations);
+	/* Catch up after a stall, but never burst more than a few frames at once. */
+	for (expirations = MIN(expirations, CATCHUP_MAX); expirations; expirations--) {
+		call_play_one(c);
+	}
+	if (c->draining && !c->playing && !convai_ring_count(c->sess->down)
+		&& !convai_stat_get(c->sess, CONVAI_STAT_BACKLOG_FRAMES)) {
+		call_set_end(c, c->final_status, c->final_reason);
+	}
+}
+
+/* --- media: caller audio up ------------------------------------------------------------------ */
+
+/* Queue caller audio for Python, split into 20 ms slots; wake Python once per chunk. */
+static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t len, uint32_t now)
+{
+	uint32_t pushed = 0;
+	int ticks = MAX(1, (int) ((len + c->up_frame_bytes / 2) / c->up_frame_bytes));
+
+	while (len) {
+		uint32_t n = MIN(len, c->up_frame_bytes);
+
+		if (convai_ring_push_stamped(c->sess->up, 0, now, p, n)) {
+			convai_stat_add(c->sess, CONVAI_STAT_UP_OVERFLOWS, 1);
+			break;
+		}
+		p += n;
+		len -= n;
+		pushed++;
+	}
+	/* Counted even when the ring is full, so the silence fill can never spin. */
+	c->up_deficit = MAX(c->up_deficit - ticks, -UP_SLACK_FRAMES);
+	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_UP, pushed);
+	if (atomic_fetch_add(&c->sess->up_unsignalled, pushed) + pushed >= c->sess->up_batch_frames) {
+		atomic_store(&c->sess->up_unsignalled, 0);
+		eventfd_write(c->sess->up_efd, 1);
+	}
+}
+
+static void call_on_voice(struct convai_call *c, struct ast_frame *f)
+{
+	if (!c->started || c->draining || ast_format_cmp(f->subclass.format, c->read_fmt)
+		!= AST_FORMAT_CMP_EQUAL) {
+		return;
+	}
+	call_push_up(c, f->data.ptr, f->datalen, convai_now_us());
+}
+
+static void call_on_dtmf(struct convai_call *c, struct ast_frame *f)
+{
+	char digit[2] = { (char) f->subclass.integer, '\0' };
+
+	if (c->started && !c->draining) {
+		ast_debug(1, LOG_PREFIX "%s [%s]: DTMF '%s' passed to the agent\n",
+			ast_channel_name(c->chan), c->agent->name, digit);
+		call_notify_python(c, CONVAI_CMD_DTMF, digit);
+	}
+}
+
+/* Returns -1 when the channel has gone. */
+static int call_on_channel(struct convai_call *c)
+{
+	struct ast_frame *f = ast_read(c->chan);
+
+	if (!f) {
+		call_set_end(c, CALL_HANGUP, "caller_hangup");
+		return -1;
+	}
+	if (f->frametype == AST_FRAME_VOICE) {
+		call_on_voice(c, f);
+	} else if (f->frametype == AST_FRAME_DTMF_END) {
+		call_on_dtmf(c, f);
+	}
+	ast_frfree(f);
+	return 0;
+}
+
+/*
+ * The agent's max_duration: the conversation ends, but what the caller has not heard yet of
+ * the agent's last words still plays out, as when the service ends it. Python is told at once
+ * so it closes the WebSocket; the loop then drains the ring.
+ */
+static void call_end_at_max_duration(struct convai_call *c)
+{
+	call_notify_python(c, CONVAI_CMD_HANGUP, "");
+	c->draining = 1;
+	c->drain_start = ast_tvnow();
+	c->final_status = CALL_COMPLETED;
+	ast_copy_string(c->final_reason, "max_duration", sizeof(c->final_reason));
+}
+
+static void call_loop(struct convai_call *c)
+{
+	int fds[2] = { c->tfd, c->sess->down_efd };
+	int64_t max_ms = c->agent->max_duration ? (int64_t) c->agent->max_duration * 1000 : -1;
+
+	while (c->status == CALL_RUNNING) {
+		int ms = 1000, outfd = -1;
+		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 2, NULL, &outfd, &ms);
+		int64_t elapsed = ast_tvdiff_ms(ast_tvnow(), c->start);
+
+		if (ready) {
+			if (call_on_channel(c)) {
+				break;
+			}
+		} else if (outfd == c->tfd) {
+			call_on_tick(c);
+		} else if (outfd == c->sess->down_efd) {
+			call_on_commands(c);
+		} else if (ms < 0) {
+			call_set_end(c, CALL_HANGUP, "caller_hangup");
+		}
+		if (!c->started && elapsed > START_TIMEOUT_MS) {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the agent did not start within %d s\n",
+				ast_channel_name(c->chan), c->agent->name, START_TIMEOUT_MS / 1000);
+			call_set_end(c, CALL_FAILED, "start_timeout");
+		} else if (max_ms > 0 && elapsed > max_ms && !c->draining) {
+			ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: max_duration of %d s reached\n",
+				ast_channel_name(c->chan), c->agent->name, c->agent->max_duration);
+			call_end_at_max_duration(c);
+		} else if (c->draining && ast_tvdiff_ms(ast_tvnow(), c->drain_start) > DRAIN_MAX_MS) {
+			call_set_end(c, c->final_status, c->final_reason);
+		}
+	}
+}
+
+static void call_set_result(struct convai_call *c)
+{
+	char duration[32];
+	char body[256];
+
+	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_STATUS", convai_status_name(c->status));
+	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_END_REASON", c->reason);
+	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_CONVERSATION_ID", c->conversation_id);
+	snprintf(duration, sizeof(duration), "%.3f", ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0);
+	snprintf(body, sizeof(body), "Status: %s\r\nReason: %s\r\nDuration: %s\r\n",
+		convai_status_name(c->status), c->reason, duration);
+	convai_call_event_stats(c);
+	convai_call_event(c, "ElevenLabsConvAIEnd", body);
+	convai_metrics_call_ended(convai_status_name(c->status),
+		convai_stat_get(c->sess, CONVAI_STAT_INTERRUPTIONS),
+		convai_stat_get(c->sess, CONVAI_STAT_UNDERRUNS), c->sess->hist[CONVAI_HIST_FIRST_FRAME]);
+	if (c->status == CALL_FAILED) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: conversation %s with agent [%s] failed: %s "
+			"after %s s\n", ast_channel_name(c->chan), c->agent->name,
+			S_OR(c->conversation_id, "(none)"), c->agent->name, c->reason, duration);
+	} else {
+		ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: conversation %s with agent [%s] ended: %s (%s) "
+			"after %s s\n", ast_channel_name(c->chan), c->agent->name,
+			S_OR(c->conversation_id, "(none)"), c->agent->name, convai_status_name(c->status),
+			c->reason, duration);
+	}
+}
+
+int convai_fail_early(struct ast_channel *chan, const char *agent, const char *reason)
+{
+	char body[128];
+
+	pbx_builtin_setvar_helper(chan, "ELEVENLABS_STATUS", "FAILED");
+	pbx_builtin_setvar_helper(chan, "ELEVENLABS_END_REASON", reason);
+	pbx_builtin_setvar_helper(chan, "ELEVENLABS_CONVERSATION_ID", "");
+	snprintf(body, sizeof(body), "Status: FAILED\r\nReason: %s\r\nDuration: 0.000\r\n", reason);
+	convai_event_emit(chan, S_OR(agent, ""), "", "", "ElevenLabsConvAIEnd", body);
+	convai_metrics_call_failed_early();
+	return 0;
+}
+
+static void call_run_loop(struct convai_call *c)
+{
+	RAII_VAR(struct ast_format *, old_read, ao2_bump(ast_channel_readformat(c->chan)), ao2_cleanup);
+	RAII_VAR(struct ast_format *, old_write, ao2_bump(ast_channel_writeformat(c->chan)), ao2_cleanup);
+
+	AST_RWLIST_WRLOCK(&live_calls);
+	AST_RWLIST_INSERT_TAIL(&live_calls, c, list);
+	AST_RWLIST_UNLOCK(&live_calls);
+	convai_metrics_call_started();
+
+	convai_session_submit(c->sess);
+	call_loop(c);
+
+	if (c->status == CALL_HANGUP || ast_check_hangup(c->chan)) {
+		call_set_end(c, CALL_HANGUP, "caller_hangup");
+	}
+	/* Tell Python the call is over (a no-op if it already knows), then let go. */
+	call_notify_python(c, CONVAI_CMD_HANGUP, "");
+	AST_RWLIST_WRLOCK(&live_calls);
+	AST_RWLIST_REMOVE(&live_calls, c, list);
+	AST_RWLIST_UNLOCK(&live_calls);
+
+	if (old_read) {
+		ast_set_read_format(c->chan, old_read);
+	}
+	if (old_write) {
+		ast_set_write_format(c->chan, old_write);
+	}
+}
+
+void convai_call_run(struct convai_call *c)
+{
+	call_run_loop(c);
+	call_set_result(c);
+}
+
+struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agent *agent)
+{
+	struct convai_call *c = ast_calloc(1, sizeof(*c));
+
+	if (!c || !(c->sess = convai_session_new(chan, agent))) {
+		ast_free(c);
+		return NULL;
+	}
+	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (c->tfd < 0) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot create a timer: %s\n",
+			ast_channel_name(chan), agent->name, strerror(errno));
+		convai_session_release(c->sess);
+		convai_session_release(c->sess);   /* Python's reference too: it never saw the session */
+		ast_free(c);
+		return NULL;
+	}
+	c->chan = chan;
+	c->agent = ao2_bump(agent);
+	c->start = ast_tvnow();
+	return c;
+}
+
+void convai_call_destroy(struct convai_call *c)
+{
+	if (convai_session_withdraw(c->sess)) {
+		convai_session_release(c->sess);   /* Python's reference: it never took the session */
+	}
+	convai_session_release(c->sess);
+	close(c->tfd);
+	ao2_ref(c->agent, -1);
+	ast_free(c);
+}
+
+int convai_calls_foreach(int (*cb)(struct convai_call *c, void *arg), void *arg)
+{
+	struct convai_call *c;
+	int res = 0;
+
+	AST_RWLIST_RDLOCK(&live_calls);
+	AST_RWLIST_TRAVERSE(&live_calls, c, list) {
+		if ((res = cb(c, arg))) {
+			break;
+		}
+	}
+	AST_RWLIST_UNLOCK(&live_calls);
+	return res;
+}

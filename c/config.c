@@ -1,0 +1,426 @@
+/*
+ * app_elevenlabs_convai -- elevenlabs.conf: parse, validate, the snapshot, reload.
+ *
+ * Copyright (C) 2026, the app_elevenlabs_convai authors
+ * This program is free software, distributed under the terms of the GNU General Public License
+ * Version 2. See the LICENSE file at the top of the source tree.
+ *
+ * The configuration is one immutable ao2 snapshot, replaced whole by a reload: a call keeps
+ * the agent it started with. Every error names file, line, section and key.
+ */
+
+#include "asterisk.h"
+
+#include <sys/stat.h>
+
+#include "asterisk/astobj2.h"
+#include "asterisk/config.h"
+#include "asterisk/logger.h"
+#include "asterisk/paths.h"
+#include "asterisk/strings.h"
+#include "asterisk/utils.h"
+
+#include "convai_private.h"
+
+#ifndef CONVAI_DEFAULT_PYTHON_DIR
+#define CONVAI_DEFAULT_PYTHON_DIR "/usr/lib/asterisk-elevenlabs-convai/python"
+#endif
+
+#define BUFFER_MS_DEFAULT 240
+#define BUFFER_MS_MIN 20
+#define BUFFER_MS_MAX 2000
+#define MAX_DURATION_DEFAULT 3600
+
+static AO2_GLOBAL_OBJ_STATIC(global_config);
+
+static void agent_destroy(void *obj)
+{
+	struct convai_agent *agent = obj;
+
+	ast_variables_destroy(agent->dynamic_variables);
+}
+
+static void config_destroy(void *obj)
+{
+	struct convai_config *cfg = obj;
+
+	AST_VECTOR_CALLBACK_VOID(&cfg->agents, ao2_ref, -1);
+	AST_VECTOR_FREE(&cfg->agents);
+	ast_variables_destroy(cfg->disabled);
+}
+
+int convai_config_is_disabled(struct convai_config *cfg, const char *name)
+{
+	struct ast_variable *v;
+
+	for (v = cfg->disabled; v; v = v->next) {
+		if (!strcasecmp(v->name, name)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+struct convai_agent *convai_config_find_agent(struct convai_config *cfg, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < AST_VECTOR_SIZE(&cfg->agents); i++) {
+		struct convai_agent *agent = AST_VECTOR_GET(&cfg->agents, i);
+
+		if (!strcasecmp(agent->name, name)) {
+			return agent;
+		}
+	}
+	return NULL;
+}
+
+/* One problem in the file: always name file, line, section and key. */
+#define CONF_ERR(v, cat, fmt, ...) \
+	ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: " fmt "\n", \
+		S_OR((v)->file, CONFIG_FILE), (v)->lineno, (cat), (v)->name, ##__VA_ARGS__)
+#define CONF_WARN(v, cat, fmt, ...) \
+	ast_log(LOG_WARNING, LOG_PREFIX "%s line %d: [%s] %s: " fmt "\n", \
+		S_OR((v)->file, CONFIG_FILE), (v)->lineno, (cat), (v)->name, ##__VA_ARGS__)
+
+static int parse_int(struct ast_variable *v, const char *cat, int min, int max, int *out)
+{
+	int n;
+
+	if (ast_parse_arg(v->value, PARSE_INT32, &n)) {
+		CONF_ERR(v, cat, "'%s' is not a whole number", v->value);
+		return -1;
+	}
+	if (n < min || n > max) {
+		CONF_ERR(v, cat, "%d is out of range (%d to %d)", n, min, max);
+		return -1;
+	}
+	*out = n;
+	return 0;
+}
+
+static int parse_bool(struct ast_variable *v, const char *cat, int *out)
+{
+	if (!ast_true(v->value) && !ast_false(v->value)) {
+		CONF_ERR(v, cat, "'%s' is not yes/no/true/false", v->value);
+		return -1;
+	}
+	*out = ast_true(v->value);
+	return 0;
+}
+
+static int copy_str(struct ast_variable *v, const char *cat, char *dst, size_t len)
+{
+	if (strlen(v->value) >= len) {
+		CONF_ERR(v, cat, "value is longer than %zu characters", len - 1);
+		return -1;
+	}
+	ast_copy_string(dst, v->value, len);
+	return 0;
+}
+
+static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	if (!strcasecmp(v->name, "elevenlabs_api_key")) {
+		return copy_str(v, cat, a->api_key, sizeof(a->api_key));
+	} else if (!strcasecmp(v->name, "elevenlabs_get_signed_url_endpoint")) {
+		const char *host = !strncasecmp(v->value, "https://", 8) ? v->value + 8
+			: !strncasecmp(v->value, "http://", 7) ? v->value + 7 : NULL;
+
+		if (!host) {
+			CONF_ERR(v, cat, "'%.64s' is not an http:// or https:// URL", v->value);
+			return -1;
+		}
+		if (ast_strlen_zero(host) || *host == '/' || strpbrk(v->value, " \t")) {
+			CONF_ERR(v, cat, "'%.64s' has no host name or contains spaces", v->value);
+			return -1;
+		}
+		return copy_str(v, cat, a->endpoint, sizeof(a->endpoint));
+	} else if (!strcasecmp(v->name, "elevenlabs_agent_id")) {
+		return copy_str(v, cat, a->agent_id, sizeof(a->agent_id));
+	} else if (!strcasecmp(v->name, "elevenlabs_send_caller_number")) {
+		return parse_bool(v, cat, &a->send_caller_number);
+	} else if (!strcasecmp(v->name, "elevenlabs_audio_frames_buffer_ms")) {
+		if (parse_int(v, cat, BUFFER_MS_MIN, BUFFER_MS_MAX, &a->buffer_ms)) {
+			return -1;
+		}
+		if (a->buffer_ms % 20) {
+			CONF_ERR(v, cat, "%d is not a multiple of 20 ms", a->buffer_ms);
+			return -1;
+		}
+		return 0;
+	} else if (!strcasecmp(v->name, "on_end")) {
+		if (strcasecmp(v->value, "hangup") && strcasecmp(v->value, "continue")) {
+			CONF_ERR(v, cat, "'%s' is neither 'hangup' nor 'continue'", v->value);
+			return -1;
+		}
+		a->hangup_on_end = !strcasecmp(v->value, "hangup");
+		return 0;
+	} else if (!strcasecmp(v->name, "max_duration")) {
+		return parse_int(v, cat, 0, 86400, &a->max_duration);
+	} else if (!strcasecmp(v->name, "first_message")) {
+		return copy_str(v, cat, a->first_message, sizeof(a->first_message));
+	} else if (!strcasecmp(v->name, "language")) {
+		return copy_str(v, cat, a->language, sizeof(a->language));
+	} else if (!strcasecmp(v->name, "voice_id")) {
+		return copy_str(v, cat, a->voice_id, sizeof(a->voice_id));
+	} else if (!strcasecmp(v->name, "prompt")) {
+		return copy_str(v, cat, a->prompt, sizeof(a->prompt));
+	} else if (!strcasecmp(v->name, "dynamic_variable")) {
+		char *name = ast_strdupa(v->value);
+		char *eq = strchr(name, '=');
+		struct ast_variable *dv;
+		const char *p;
+
+		if (!eq) {
+			CONF_ERR(v, cat, "'%s' is not name=value", v->value);
+			return -1;
+		}
+		*eq = '\0';
+		name = ast_strip(name);
+		for (p = name; *p && (isalnum((unsigned char) *p) || *p == '_'); p++) {
+		}
+		if (ast_strlen_zero(name) || *p) {
+			CONF_ERR(v, cat, "'%s' is not name=value with a name of letters, digits and _",
+				v->value);
+			return -1;
+		}
+		dv = ast_variable_new(name, ast_skip_blanks(eq + 1), v->file);
+		if (!dv) {
+			return -1;
+		}
+		ast_variable_list_append(&a->dynamic_variables, dv);
+		return 0;
+	}
+	CONF_WARN(v, cat, "unknown key, ignored");
+	return 0;
+}
+
+/* The line of "[cat]" in file (relative to the config dir), or 0: Asterisk's config API does
+ * not say where a section starts, and an error about a missing key should name it. */
+static int section_line(const char *file, const char *cat)
+{
+	char path[PATH_MAX], buf[256];
+	size_t n = strlen(cat);
+	int lineno = 0, at_start = 1, found = 0;
+	FILE *f;
+
+	if (*file == '/') {
+		ast_copy_string(path, file, sizeof(path));
+	} else {
+		snprintf(path, sizeof(path), "%s/%s", ast_config_AST_CONFIG_DIR, file);
+	}
+	if (!(f = fopen(path, "r"))) {
+		return 0;
+	}
+	while (!found && fgets(buf, sizeof(buf), f)) {
+		if (at_start) {
+			const char *p = ast_skip_blanks(buf);
+
+			lineno++;
+			found = *p == '[' && !strncasecmp(p + 1, cat, n) && p[1 + n] == ']';
+		}
+		at_start = strchr(buf, '\n') != NULL;
+	}
+	fclose(f);
+	return found ? lineno : 0;
+}
+
+static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
+{
+	RAII_VAR(struct convai_agent *, a, ao2_alloc_options(sizeof(*a), agent_destroy,
+		AO2_ALLOC_OPT_LOCK_NOLOCK), ao2_cleanup);
+	struct ast_variable *v;
+	const char *file = CONFIG_FILE;
+	int bad = 0;
+	size_t i;
+	const struct { const char *key; const char *value; } required[] = {
+		{ "elevenlabs_api_key", a ? a->api_key : "" },
+		{ "elevenlabs_get_signed_url_endpoint", a ? a->endpoint : "" },
+		{ "elevenlabs_agent_id", a ? a->agent_id : "" },
+	};
+
+	if (!a) {
+		return NULL;
+	}
+	if (strlen(cat) >= sizeof(a->name)) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.32s...]: the section name is longer than %zu "
+			"characters\n", CONFIG_FILE, cat, sizeof(a->name) - 1);
+		return NULL;
+	}
+	ast_copy_string(a->name, cat, sizeof(a->name));
+	a->buffer_ms = BUFFER_MS_DEFAULT;
+	a->hangup_on_end = 1;
+	a->max_duration = MAX_DURATION_DEFAULT;
+	for (v = ast_variable_browse(raw, cat); v; v = v->next) {
+		bad |= parse_agent_key(a, v, cat) != 0;
+		file = S_OR(v->file, file);   /* the section's own lines come last */
+	}
+	for (i = 0; i < ARRAY_LEN(required); i++) {
+		if (ast_strlen_zero(required[i].value)) {
+			int line = section_line(file, cat);
+
+			if (line) {
+				ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "
+					"required\n", file, line, cat, required[i].key);
+			} else {
+				ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] %s: missing or empty; it is required\n",
+					file, cat, required[i].key);
+			}
+			bad = 1;
+		}
+	}
+	if (bad) {
+		return NULL;
+	}
+	ao2_ref(a, +1);
+	return a;
+}
+
+static void parse_general(struct convai_config *cfg, struct ast_config *raw)
+{
+	struct ast_variable *v;
+
+	for (v = ast_variable_browse(raw, "general"); v; v = v->next) {
+		if (!strcasecmp(v->name, "debug")) {
+			cfg->problems += parse_bool(v, "general", &cfg->debug) != 0;
+		} else if (!strcasecmp(v->name, "python_path")) {
+			cfg->problems += copy_str(v, "general", cfg->python_path,
+				sizeof(cfg->python_path)) != 0;
+		} else {
+			CONF_WARN(v, "general", "unknown key, ignored");
+		}
+	}
+}
+
+/* A section that fails to parse keeps its last good settings, if it had any. */
+static void add_agent(struct convai_config *cfg, struct convai_config *old,
+	struct ast_config *raw, const char *cat)
+{
+	struct convai_agent *a;
+
+	if (convai_config_find_agent(cfg, cat)) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s: [%s] appears more than once; only the first "
+			"is used\n", CONFIG_FILE, cat);
+		return;
+	}
+	a = parse_agent(raw, cat);
+	if (!a) {
+		cfg->problems++;
+	}
+	if (!a && old && (a = convai_config_find_agent(old, cat))) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s: [%s] has errors; keeping its last good "
+			"configuration until they are fixed\n", CONFIG_FILE, cat);
+		ao2_ref(a, +1);
+	} else if (!a) {
+		struct ast_variable *name = ast_variable_new(cat, "", CONFIG_FILE);
+
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] has errors; agent disabled\n", CONFIG_FILE, cat);
+		if (name) {
+			ast_variable_list_append(&cfg->disabled, name);
+		}
+		return;
+	}
+	if (AST_VECTOR_APPEND(&cfg->agents, a)) {
+		ao2_ref(a, -1);
+	}
+}
+
+static struct convai_config *config_parse(struct ast_config *raw, struct convai_config *old)
+{
+	struct convai_config *cfg = ao2_alloc_options(sizeof(*cfg), config_destroy,
+		AO2_ALLOC_OPT_LOCK_NOLOCK);
+	const char *cat = NULL;
+
+	if (!cfg || AST_VECTOR_INIT(&cfg->agents, 4)) {
+		ao2_cleanup(cfg);
+		return NULL;
+	}
+	ast_copy_string(cfg->python_path, CONVAI_DEFAULT_PYTHON_DIR, sizeof(cfg->python_path));
+	if (!raw) {
+		return cfg;
+	}
+	parse_general(cfg, raw);
+	while ((cat = ast_category_browse(raw, cat))) {
+		struct ast_category *c = ast_category_get(raw, cat, NULL);
+
+		if (!strcasecmp(cat, "general") || (c && ast_category_is_template(c))) {
+			continue;
+		}
+		add_agent(cfg, old, raw, cat);
+	}
+	return cfg;
+}
+
+static void warn_if_world_readable(void)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", ast_config_AST_CONFIG_DIR, CONFIG_FILE);
+	if (!stat(path, &st) && (st.st_mode & S_IROTH)) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s is readable by every user (mode %04o) but holds "
+			"API keys; chmod 640 it\n", path, (unsigned) (st.st_mode & 07777));
+	}
+}
+
+int convai_config_load(int reload)
+{
+	struct ast_flags flags = { reload ? CONFIG_FLAG_FILEUNCHANGED : 0 };
+	RAII_VAR(struct convai_config *, old, ao2_global_obj_ref(global_config), ao2_cleanup);
+	RAII_VAR(struct convai_config *, cfg, NULL, ao2_cleanup);
+	struct ast_config *raw = ast_config_load(CONFIG_FILE, flags);
+	int broken = raw == CONFIG_STATUS_FILEINVALID;   /* at load: run with no agents */
+
+	if (raw == CONFIG_STATUS_FILEUNCHANGED) {
+		return 0;
+	}
+	if (broken && old) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s cannot be parsed (see above); keeping the running "
+			"configuration\n", CONFIG_FILE);
+		return -1;
+	}
+	if (broken) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s cannot be parsed (see above); no agents configured "
+			"until it is fixed and reloaded\n", CONFIG_FILE);
+		raw = NULL;
+	} else if (!raw) {
+		ast_log(LOG_NOTICE, LOG_PREFIX "%s not found; no agents configured\n", CONFIG_FILE);
+	}
+	cfg = config_parse(raw, old);
+	if (raw) {
+		ast_config_destroy(raw);
+		warn_if_world_readable();
+	}
+	if (!cfg) {
+		return -1;
+	}
+	if (old && strcmp(old->python_path, cfg->python_path)) {
+		ast_log(LOG_NOTICE, LOG_PREFIX "%s: python_path changed; the new one is used when "
+			"Asterisk restarts\n", CONFIG_FILE);
+	}
+	ao2_global_obj_replace_unref(global_config, cfg);
+	/* A reload keeps a run-time `elevenlabs debug on|off` unless the file's setting changed. */
+	if (!old || old->debug != cfg->debug) {
+		convai_runtime_set_debug(cfg->debug);
+	}
+	if (cfg->problems) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s %s with %d problem(s) (see above); %zu agent(s) "
+			"configured\n", CONFIG_FILE, old ? "reloaded" : "loaded", cfg->problems,
+			AST_VECTOR_SIZE(&cfg->agents));
+	} else {
+		ast_verb(2, LOG_PREFIX "%s %s: %zu agent(s) configured\n", CONFIG_FILE,
+			old ? "reloaded" : "loaded", AST_VECTOR_SIZE(&cfg->agents));
+	}
+	return 0;
+}
+
+struct convai_config *convai_config_get(void)
+{
+	return ao2_global_obj_ref(global_config);
+}
+
+void convai_config_release(void)
+{
+	ao2_global_obj_release(global_config);
+}

@@ -1,0 +1,201 @@
+/*
+ * app_elevenlabs_convai -- the API between the module's Asterisk-side files.
+ *
+ * Copyright (C) 2026, the app_elevenlabs_convai authors
+ * This program is free software, distributed under the terms of the GNU General Public License
+ * Version 2. See the LICENSE file at the top of the source tree.
+ *
+ * As res/res_pjsip/include/res_pjsip_private.h: one file per concern, and this header says what
+ * each offers the others. Include it after "asterisk.h". Nothing here is exported from the .so.
+ *
+ *   app_elevenlabs_convai.c  glue: XML docs, the application, load/unload/reload
+ *   config.c                 elevenlabs.conf: parse, validate, the ao2 snapshot, reload
+ *   runtime.c                the host block, session memory shared with Python, start/stop
+ *   call.c                   one call: the media loop, agent audio out, caller audio up, the end
+ *   events.c                 AMI events and the per-call statistics
+ *   cli.c                    the `elevenlabs ...` CLI commands
+ */
+#ifndef CONVAI_PRIVATE_H
+#define CONVAI_PRIVATE_H
+
+#include <sys/time.h>
+
+#include "asterisk/frame.h"
+#include "asterisk/linkedlists.h"
+#include "asterisk/vector.h"
+
+#include "convai_shared.h"
+
+#define APP_NAME "ElevenLabsConvAI"
+#define CONFIG_FILE "elevenlabs.conf"
+
+/* Every line the module logs starts with this, Python's lines too (convai/host.py). */
+#define LOG_PREFIX "elevenlabs: "
+
+struct ast_channel;
+struct ast_format;
+struct ast_variable;
+
+/* --- config.c ------------------------------------------------------------------------------ */
+
+/*! \brief One agent's section of elevenlabs.conf, immutable once parsed (an ao2 object). */
+struct convai_agent {
+	char name[64];
+	char api_key[256];
+	char endpoint[512];
+	char agent_id[128];
+	int send_caller_number;
+	int buffer_ms;
+	int hangup_on_end;
+	int max_duration;
+	char first_message[512];
+	char language[16];
+	char voice_id[64];
+	char prompt[1024];
+	struct ast_variable *dynamic_variables;   /* name = template with ${VARS} */
+};
+
+/*! \brief The running configuration: replaced whole by a reload, never changed in place. */
+struct convai_config {
+	int debug;
+	char python_path[1024];
+	int problems;   /* sections disabled or kept at their last good settings by errors */
+	struct ast_variable *disabled;   /* names of the sections disabled by errors */
+	AST_VECTOR(, struct convai_agent *) agents;
+};
+
+/*!
+ * \brief Load or reload elevenlabs.conf into the snapshot.
+ * \param reload nonzero: skip an unchanged file
+ * \retval 0 loaded (see the snapshot's problems) or unchanged
+ * \retval -1 the file is broken: the running snapshot stays (at load: no agents)
+ */
+int convai_config_load(int reload);
+
+/*! \brief The running snapshot with a reference (ao2_cleanup it), or NULL before the first load. */
+struct convai_config *convai_config_get(void);
+
+/*! \brief Drop the snapshot (unload). */
+void convai_config_release(void);
+
+/*! \brief The agent of that section (case-insensitive), not referenced; NULL if none. */
+struct convai_agent *convai_config_find_agent(struct convai_config *cfg, const char *name);
+
+/*! \brief Whether the section exists but was disabled by errors at the last (re)load. */
+int convai_config_is_disabled(struct convai_config *cfg, const char *name);
+
+/* --- runtime.c ------------------------------------------------------------------------------ */
+
+/*! \brief Set up the pending list and the host block; before anything else at load. */
+void convai_runtime_init(void);
+
+/*! \brief Start the embedded Python runtime. \retval 0 up, -1 not (logged). */
+int convai_runtime_start(const char *python_path);
+
+/*! \brief Stop the runtime (up to 3 s) and free what it no longer uses; at unload. */
+void convai_runtime_cleanup(void);
+
+/*! \brief Whether new calls can be served: the runtime is up and not shutting down. */
+int convai_runtime_available(void);
+
+/*! \brief Switch the protocol debug log; Python picks it up at once. */
+void convai_runtime_set_debug(int on);
+int convai_runtime_debug(void);
+
+/*! \brief Test hook: block the Python loop for \a ms once (`elevenlabs test stall`). */
+void convai_runtime_stall(int ms);
+
+/*!
+ * \brief A session for a new call on \a chan with agent \a a: the rings, the eventfds and a
+ * copy of the settings Python needs. It holds two references: the app thread's and Python's.
+ */
+struct convai_session *convai_session_new(struct ast_channel *chan, struct convai_agent *a);
+
+/*! \brief Hand the session to Python (it takes it on its next wake-up). */
+void convai_session_submit(struct convai_session *s);
+
+/*! \brief Take back a session Python never took. \retval 1 it was still pending */
+int convai_session_withdraw(struct convai_session *s);
+
+/*! \brief Drop one reference; the last one frees the session. */
+void convai_session_release(struct convai_session *s);
+
+/* --- call.c --------------------------------------------------------------------------------- */
+
+enum call_status { CALL_RUNNING, CALL_COMPLETED, CALL_HANGUP, CALL_FAILED };
+
+/*! \brief "RUNNING", "COMPLETED", "HANGUP", "FAILED" */
+const char *convai_status_name(enum call_status status);
+
+/*! \brief One conversation, owned by the channel's thread; the CLI reads it under the list lock. */
+struct convai_call {
+	struct ast_channel *chan;
+	struct convai_session *sess;
+	struct convai_agent *agent;
+	struct timeval start;
+	int tfd;
+	int started;
+	int draining;
+	struct timeval drain_start;
+	enum call_status status;
+	char reason[64];
+	enum call_status final_status;  /* what END said, applied once drained */
+	char final_reason[64];
+	char conversation_id[96];
+	char in_format[16];
+	char out_format[16];
+	struct ast_format *write_fmt;
+	struct ast_format *read_fmt;
+	uint32_t frame_bytes;       /* agent audio, per 20 ms */
+	uint32_t frame_samples;
+	uint32_t up_frame_bytes;    /* caller audio, per 20 ms */
+	int playing;
+	int prebuffer_ticks;
+	uint32_t seen_below;
+	uint32_t last_played_id;
+	uint32_t last_write_us;
+	int up_deficit;             /* 20 ms ticks minus caller frames received */
+	AST_LIST_ENTRY(convai_call) list;
+	unsigned char silence[CONVAI_FRAME_MAX];
+	unsigned char out[AST_FRIENDLY_OFFSET + CONVAI_FRAME_MAX];
+};
+
+/*!
+ * \brief Set up a call on \a chan with agent \a agent (referenced here).
+ * \retval NULL out of memory or fds (logged); nothing to undo
+ */
+struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agent *agent);
+
+/*!
+ * \brief Run the conversation to its end on the channel's thread, then set the result
+ * variables and raise the end events. c->status holds the outcome afterwards.
+ */
+void convai_call_run(struct convai_call *c);
+
+/*! \brief Free the call after its run; Python's reference to the session is let go too. */
+void convai_call_destroy(struct convai_call *c);
+
+/*! \brief The call never reached the agent: result variables, an End event. Returns 0. */
+int convai_fail_early(struct ast_channel *chan, const char *agent, const char *reason);
+
+/*! \brief Call \a cb for each live call under the list's read lock until it returns nonzero. */
+int convai_calls_foreach(int (*cb)(struct convai_call *c, void *arg), void *arg);
+
+/* --- events.c ------------------------------------------------------------------------------- */
+
+/*! \brief An ElevenLabsConvAI* manager event with the common fields, then \a body. */
+void convai_event_emit(struct ast_channel *chan, const char *agent, const char *agent_id,
+	const char *conversation_id, const char *event, const char *body);
+
+/*! \brief The same for a live call. */
+void convai_call_event(struct convai_call *c, const char *event, const char *body);
+
+/*! \brief ElevenLabsConvAIStats: the call's media counters and histograms. */
+void convai_call_event_stats(struct convai_call *c);
+
+/* --- cli.c ---------------------------------------------------------------------------------- */
+
+int convai_cli_register(void);
+void convai_cli_unregister(void);
+
+#endif /* CONVAI_PRIVATE_H */
