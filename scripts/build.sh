@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the module and the Python package with meson, inside the testbed (or any machine with
-# asterisk-dev and python3-dev), and stage them for the tests:
-#   /var/tmp/convai-build/app_elevenlabs_convai.so   the module
-#   /var/tmp/convai-stage/python                      the convai package with its cffi extension
+# asterisk-dev and python3-dev), and stage them for the tests (testbed.sh run sets the two dirs
+# per worktree, /var/tmp/convai-{build,stage}.ID):
+#   $CONVAI_BUILD_DIR/app_elevenlabs_convai.so   the module
+#   $CONVAI_STAGE_DIR/python                      the convai package with its cffi extension
 # The XML docs go into the system's Asterisk documentation dir so `core show application` works.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)

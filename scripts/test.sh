@@ -199,7 +199,8 @@ tb_pytest() {
   # (a SIP test without the marker fails there: chan_pjsip does not load).
   is_source "$F" && sel=(-m "not sip")
   echo "pytest ${suites[*]} ${sel[*]} in the $F root"
-  CONVAI_REQUIRE_INTEGRATION=1 run_pytest tb run env PYTHONPATH=/var/tmp/convai-stage/python \
+  # shellcheck disable=SC2016 # $CONVAI_PYTHON_DIR is testbed.sh's, expanded in the root
+  CONVAI_REQUIRE_INTEGRATION=1 run_pytest tb run sh -c 'PYTHONPATH=$CONVAI_PYTHON_DIR exec "$@"' pytest \
     python3 -m pytest "${suites[@]}" "${sel[@]}" -ra --durations=15 "${pytest_args[@]}"
 }
 

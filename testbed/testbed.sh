@@ -28,7 +28,10 @@
 #   CONVAI_TESTBED_MIRROR  Debian mirror (default http://deb.debian.org/debian)
 #   CONVAI_TESTBED_SUITE   Debian suite of the sid flavour (default sid)
 #   CONVAI_ASTERISK_SRC    the Asterisk source tarballs (default: shared/asterisk-src beside the repo)
-# `run` passes CI and every CONVAI_* variable through; everything else is reset.
+# `run` passes CI and every CONVAI_* variable through; everything else is reset. It sets
+# CONVAI_BUILD_DIR, CONVAI_STAGE_DIR, CONVAI_MODULE and CONVAI_PYTHON_DIR (unless set) to
+# /var/tmp/convai-{build,stage}.ID in the root, ID from the repository's path: worktrees sharing
+# a root do not overwrite each other's builds.
 set -euo pipefail
 
 # Bump when the way the root is built changes: a root made by another version is rebuilt.
@@ -478,8 +481,20 @@ need_ready() {
   [ -f "$MARKER" ] || die "no testbed at $ROOT: run '$SELF provision' first"
 }
 
+# Each worktree builds into its own dirs in the shared root (seven engineers share the sid root):
+# scripts/build.sh, the tests, the demo and the benchmarks read these variables.
+worktree_dirs() {
+  local id
+  id=$(printf '%s' "$REPO" | sha256sum | cut -c1-8)
+  export CONVAI_BUILD_DIR=${CONVAI_BUILD_DIR:-/var/tmp/convai-build.$id}
+  export CONVAI_STAGE_DIR=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage.$id}
+  export CONVAI_MODULE=${CONVAI_MODULE:-$CONVAI_BUILD_DIR/app_elevenlabs_convai.so}
+  export CONVAI_PYTHON_DIR=${CONVAI_PYTHON_DIR:-$CONVAI_STAGE_DIR/python}
+}
+
 cmd_run() {
   sanity
+  worktree_dirs
   local scratch=""
   if [ "${1:-}" = --scratch ]; then
     scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/convai-scratch.XXXXXX")
@@ -504,6 +519,7 @@ cmd_run() {
 
 cmd_shell() {
   sanity
+  worktree_dirs
   lock -s
   need_ready
   local rc=0
