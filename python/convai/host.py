@@ -10,7 +10,9 @@ to a :class:`convai.session.Session`:
 - agent audio: ``Session`` hands us decoded audio of any length; we cut it into exact 20 ms
   frames tagged with the event id and push them into the *down* ring, keeping any excess in a
   backlog until the ring has room;
-- interruption: we raise the ring's watermark; the app thread drops stale frames itself;
+- interruption: we raise the ring's watermark; the app thread drops stale frames itself, and
+  we ask the same watermark (``convai_ring_stale``) before framing late audio or pushing the
+  backlog: the ring is the one authority on the interruption rule;
 - control: small command rings plus eventfds, both ways.
 
 Nothing here ever blocks the loop, and no exception escapes into C: a broken call ends that
@@ -186,7 +188,6 @@ class CallBridge:
             http=runtime.http(),
             log=log,
             supported_formats=SUPPORTED_FORMATS,
-            log_interruptions=False,
         )
         self.framer: Framer | None = None
         self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
@@ -195,7 +196,6 @@ class CallBridge:
         self.frames_pushed = 0
         self.c_gone = False
         self.ended = False
-        self.interrupt_id = 0
         # One chunk per pop (see _on_up), so one chunk's room, not the whole ring's.
         self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * max(1, sess.up_batch_frames))
         self._cmd_buf = ffi.new("uint8_t[]", lib.CONVAI_CMD_BYTES)
@@ -267,6 +267,8 @@ class CallBridge:
 
     # --- agent audio toward the caller --------------------------------------------------------
     def _push(self, frames: list[tuple[int, bytes]]) -> None:
+        ring = self.sess.down
+        frames = [f for f in frames if not lib.convai_ring_stale(ring, f[0])]
         if not frames:
             return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
@@ -320,7 +322,17 @@ class CallBridge:
         )
 
     def on_audio(self, event_id: int, audio: bytes) -> None:
-        if self.framer is None or self.ended or event_id < self.interrupt_id:
+        if self.framer is None or self.ended:
+            return
+        if lib.convai_ring_stale(self.sess.down, event_id):
+            # Late stale audio is never framed, so it cannot pad the reply's frames.
+            log.debug(
+                "%s: dropping late audio chunk with event_id=%d (older than the last"
+                " interruption), %d bytes",
+                self.tag,
+                event_id,
+                len(audio),
+            )
             return
         self._push(self.framer.feed(event_id, audio))
         if self._tail_timer:
@@ -334,19 +346,19 @@ class CallBridge:
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, event_id)
 
     def on_interruption(self, event_id: int) -> None:
-        self.interrupt_id = max(self.interrupt_id, event_id)
         # The stamp first: the watermark's release store publishes it to the app thread.
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPT_STAMP, lib.convai_now_us())
         lib.convai_ring_drop_below(self.sess.down, event_id)
         consumed = self._consumed()
         while self.queued and self.queued[0][1] <= consumed:
             self.queued.popleft()
-        removed = [ev for ev, _ in self.queued if ev < event_id]
-        removed += sorted({ev for ev, _, _ in self.backlog if ev < event_id})
-        self.backlog = collections.deque(f for f in self.backlog if f[0] >= event_id)
-        if self.framer:
-            self.framer.drop_below(event_id)
-        remaining = sum(1 for ev, _ in self.queued if ev >= event_id)
+        ring = self.sess.down
+        removed = [ev for ev, _ in self.queued if lib.convai_ring_stale(ring, ev)]
+        remaining = len(self.queued) - len(removed)
+        removed += sorted({ev for ev, _, _ in self.backlog if lib.convai_ring_stale(ring, ev)})
+        self.backlog = collections.deque(
+            f for f in self.backlog if not lib.convai_ring_stale(ring, f[0])
+        )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPTIONS, self.session.interruptions)
         if log.isEnabledFor(logging.DEBUG):
