@@ -312,10 +312,8 @@ class CallBridge:
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
         # The session has already refused formats outside SUPPORTED_FORMATS.
-        self.framer = Framer(
-            protocol.frame_bytes(started.output_format),
-            0xFF if started.output_format == "ulaw_8000" else 0,
-        )
+        fmt = protocol.AUDIO_FORMATS[started.output_format]
+        self.framer = Framer(fmt.frame_bytes, fmt.silence_byte)
         self._command(
             lib.CONVAI_CMD_STARTED,
             f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
