@@ -232,10 +232,10 @@ class CallBridge:
             return
         os.eventfd_write(self.sess.down_efd, 1)
 
-    def _send_end(self, status: str, reason: str, detail: str) -> None:
+    def _send_end(self, status: str, reason: str, detail: str, play_out: bool = False) -> None:
         if not self.ended:
             self.ended = True
-            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}")
+            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}\t{int(play_out)}")
 
     def _on_up(self) -> None:
         _eventfd_drain(self.sess.up_efd)
@@ -312,10 +312,8 @@ class CallBridge:
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
         # The session has already refused formats outside SUPPORTED_FORMATS.
-        self.framer = Framer(
-            protocol.frame_bytes(started.output_format),
-            0xFF if started.output_format == "ulaw_8000" else 0,
-        )
+        fmt = protocol.AUDIO_FORMATS[started.output_format]
+        self.framer = Framer(fmt.frame_bytes, fmt.silence_byte)
         self._command(
             lib.CONVAI_CMD_STARTED,
             f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
@@ -400,14 +398,16 @@ class CallBridge:
             self._close()
 
     async def _finish(self, result: SessionResult) -> None:
-        # Everything the agent said must reach the ring before C is told to drain and leave.
-        if self.framer:
-            self._push(self.framer.flush())
-        while self.backlog and not self.c_gone:
-            await asyncio.sleep(TOP_UP_S)
-            self._drain_backlog()
+        # The session decided whether the agent's last words play (lifecycle.py): then all
+        # of them must reach the ring before C is told to drain and leave.
+        if result.play_out:
+            if self.framer:
+                self._push(self.framer.flush())
+            while self.backlog and not self.c_gone:
+                await asyncio.sleep(TOP_UP_S)
+                self._drain_backlog()
         detail = result.detail.replace("\t", " ").replace("\n", " ")
-        self._send_end(result.status, result.reason.value, detail)
+        self._send_end(result.status, result.reason.value, detail, result.play_out)
 
     def _close(self) -> None:
         for timer in (self._tail_timer, self._top_up):
