@@ -10,7 +10,9 @@ to a :class:`convai.session.Session`:
 - agent audio: ``Session`` hands us decoded audio of any length; we cut it into exact 20 ms
   frames tagged with the event id and push them into the *down* ring, keeping any excess in a
   backlog until the ring has room;
-- interruption: we raise the ring's watermark; the app thread drops stale frames itself;
+- interruption: we raise the ring's watermark; the app thread drops stale frames itself, and
+  we ask the same watermark (``convai_ring_stale``) before framing late audio or pushing the
+  backlog: the ring is the one authority on the interruption rule;
 - control: small command rings plus eventfds, both ways.
 
 Nothing here ever blocks the loop, and no exception escapes into C: a broken call ends that
@@ -186,7 +188,6 @@ class CallBridge:
             http=runtime.http(),
             log=log,
             supported_formats=SUPPORTED_FORMATS,
-            log_interruptions=False,
         )
         self.framer: Framer | None = None
         self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
@@ -195,7 +196,6 @@ class CallBridge:
         self.frames_pushed = 0
         self.c_gone = False
         self.ended = False
-        self.interrupt_id = 0
         # One chunk per pop (see _on_up), so one chunk's room, not the whole ring's.
         self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * max(1, sess.up_batch_frames))
         self._cmd_buf = ffi.new("uint8_t[]", lib.CONVAI_CMD_BYTES)
@@ -232,10 +232,10 @@ class CallBridge:
             return
         os.eventfd_write(self.sess.down_efd, 1)
 
-    def _send_end(self, status: str, reason: str, detail: str) -> None:
+    def _send_end(self, status: str, reason: str, detail: str, play_out: bool = False) -> None:
         if not self.ended:
             self.ended = True
-            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}")
+            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}\t{int(play_out)}")
 
     def _on_up(self) -> None:
         _eventfd_drain(self.sess.up_efd)
@@ -267,6 +267,8 @@ class CallBridge:
 
     # --- agent audio toward the caller --------------------------------------------------------
     def _push(self, frames: list[tuple[int, bytes]]) -> None:
+        ring = self.sess.down
+        frames = [f for f in frames if not lib.convai_ring_stale(ring, f[0])]
         if not frames:
             return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
@@ -310,17 +312,25 @@ class CallBridge:
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
         # The session has already refused formats outside SUPPORTED_FORMATS.
-        self.framer = Framer(
-            protocol.frame_bytes(started.output_format),
-            0xFF if started.output_format == "ulaw_8000" else 0,
-        )
+        fmt = protocol.AUDIO_FORMATS[started.output_format]
+        self.framer = Framer(fmt.frame_bytes, fmt.silence_byte)
         self._command(
             lib.CONVAI_CMD_STARTED,
             f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
         )
 
     def on_audio(self, event_id: int, audio: bytes) -> None:
-        if self.framer is None or self.ended or event_id < self.interrupt_id:
+        if self.framer is None or self.ended:
+            return
+        if lib.convai_ring_stale(self.sess.down, event_id):
+            # Late stale audio is never framed, so it cannot pad the reply's frames.
+            log.debug(
+                "%s: dropping late audio chunk with event_id=%d (older than the last"
+                " interruption), %d bytes",
+                self.tag,
+                event_id,
+                len(audio),
+            )
             return
         self._push(self.framer.feed(event_id, audio))
         if self._tail_timer:
@@ -334,19 +344,19 @@ class CallBridge:
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, event_id)
 
     def on_interruption(self, event_id: int) -> None:
-        self.interrupt_id = max(self.interrupt_id, event_id)
         # The stamp first: the watermark's release store publishes it to the app thread.
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPT_STAMP, lib.convai_now_us())
         lib.convai_ring_drop_below(self.sess.down, event_id)
         consumed = self._consumed()
         while self.queued and self.queued[0][1] <= consumed:
             self.queued.popleft()
-        removed = [ev for ev, _ in self.queued if ev < event_id]
-        removed += sorted({ev for ev, _, _ in self.backlog if ev < event_id})
-        self.backlog = collections.deque(f for f in self.backlog if f[0] >= event_id)
-        if self.framer:
-            self.framer.drop_below(event_id)
-        remaining = sum(1 for ev, _ in self.queued if ev >= event_id)
+        ring = self.sess.down
+        removed = [ev for ev, _ in self.queued if lib.convai_ring_stale(ring, ev)]
+        remaining = len(self.queued) - len(removed)
+        removed += sorted({ev for ev, _, _ in self.backlog if lib.convai_ring_stale(ring, ev)})
+        self.backlog = collections.deque(
+            f for f in self.backlog if not lib.convai_ring_stale(ring, f[0])
+        )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPTIONS, self.session.interruptions)
         if log.isEnabledFor(logging.DEBUG):
@@ -388,14 +398,16 @@ class CallBridge:
             self._close()
 
     async def _finish(self, result: SessionResult) -> None:
-        # Everything the agent said must reach the ring before C is told to drain and leave.
-        if self.framer:
-            self._push(self.framer.flush())
-        while self.backlog and not self.c_gone:
-            await asyncio.sleep(TOP_UP_S)
-            self._drain_backlog()
+        # The session decided whether the agent's last words play (lifecycle.py): then all
+        # of them must reach the ring before C is told to drain and leave.
+        if result.play_out:
+            if self.framer:
+                self._push(self.framer.flush())
+            while self.backlog and not self.c_gone:
+                await asyncio.sleep(TOP_UP_S)
+                self._drain_backlog()
         detail = result.detail.replace("\t", " ").replace("\n", " ")
-        self._send_end(result.status, result.reason.value, detail)
+        self._send_end(result.status, result.reason.value, detail, result.play_out)
 
     def _close(self) -> None:
         for timer in (self._tail_timer, self._top_up):
