@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Memory and CPU of one ConvAI session, without Asterisk: N `convai.session.Session`s in this
-process against the simulator (its own process), over ws:// or wss://, measured with tracemalloc (the
-Python objects, by allocation site) and RSS (everything: also OpenSSL's and the C libraries').
+process against the simulator (its own process), over ws:// or wss://, measured with tracemalloc
+(the Python objects, by allocation site), RSS (everything: also OpenSSL's and the C libraries')
+and this process's CPU while every call is up.
 
     python3 bench/sessmem.py --calls 50 --transport wss [--uvloop] [--ssl-read-kb 256]
 
