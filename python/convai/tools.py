@@ -322,6 +322,11 @@ class Telephony:
         }[spec.action]
         return lambda call: fn(spec, call)
 
+    def handler_kind(self, name: str) -> str:
+        """For the ToolCall AMI event: module, ami or none."""
+        spec = self.specs.get(name)
+        return "none" if spec is None else "ami" if spec.action == "ami" else "module"
+
     # --- from the host ---
     def on_agent_audio(self) -> None:
         self._last_audio = time.monotonic()
