@@ -481,6 +481,12 @@ class Telephony:
     async def _ami(self, spec: ToolSpec, call: ClientToolCall) -> ToolOutcome:
         fut: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
         self._ami_waits[call.tool_call_id] = fut
+        self.log.debug(
+            "%s: tool %s waits up to %g s for ElevenLabsConvAIToolResult",
+            self.tag,
+            spec.name,
+            spec.timeout,
+        )
         try:
             async with asyncio.timeout(spec.timeout):
                 result, is_error = await fut
