@@ -183,13 +183,16 @@ static void call_on_started(struct convai_call *c, char *text)
 	}
 }
 
-/* END: "STATUS\treason\tdetail" */
+/* END: "STATUS\treason\tdetail\tplay_out"; Python decides play_out (lifecycle.py). */
 static void call_on_end(struct convai_call *c, char *text)
 {
 	char *status = strsep(&text, "\t");
 	char *reason = strsep(&text, "\t");
+	int play_out;
 	enum call_status st = CALL_FAILED;
 
+	strsep(&text, "\t");   /* the detail: Python has logged it */
+	play_out = text && *text == '1';
 	if (c->draining) {
 		return;   /* already ending (max_duration): that result stands */
 	}
@@ -201,12 +204,13 @@ static void call_on_end(struct convai_call *c, char *text)
 		/* Only a blind transfer this thread accepted; anything else ends as completed. */
 		st = convai_transfer_blind_accepted(c) ? CALL_TRANSFER : CALL_COMPLETED;
 	}
-	if (!c->started || st == CALL_FAILED) {
-		/* Nothing worth draining: a failed setup or a broken conversation. */
+	if (!c->started || !play_out) {
+		/* Nothing to play: a failed setup, a hangup, a shutdown. */
 		call_set_end(c, st, S_OR(reason, "server_error"));
 		return;
 	}
-	/* The loop ends once the agent's queued audio has played out: no cut-off goodbye. */
+	/* The loop ends once the agent's queued audio has played out: no cut-off last words,
+	 * also when the conversation broke off (a reset is no reason to swallow them). */
 	c->draining = 1;
 	c->drain_start = ast_tvnow();
 	c->final_status = st;

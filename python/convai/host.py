@@ -10,7 +10,9 @@ to a :class:`convai.session.Session`:
 - agent audio: ``Session`` hands us decoded audio of any length; we cut it into exact 20 ms
   frames tagged with the event id and push them into the *down* ring, keeping any excess in a
   backlog until the ring has room;
-- interruption: we raise the ring's watermark; the app thread drops stale frames itself;
+- interruption: we raise the ring's watermark; the app thread drops stale frames itself, and
+  we ask the same watermark (``convai_ring_stale``) before framing late audio or pushing the
+  backlog: the ring is the one authority on the interruption rule;
 - control: small command rings plus eventfds, both ways.
 
 Nothing here ever blocks the loop, and no exception escapes into C: a broken call ends that
@@ -20,6 +22,7 @@ call (status FAILED) and the others go on.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import collections
 import contextlib
 import contextvars
@@ -30,6 +33,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+import aiohttp
 
 from convai import protocol, tools
 from convai.playout import Framer
@@ -46,6 +51,10 @@ SUPPORTED_FORMATS = ("ulaw_8000", "pcm_8000", "pcm_16000")
 TAIL_FLUSH_S = 0.08
 # While frames wait for ring space, look again this often (the ring holds 10 s).
 TOP_UP_S = 0.5
+# asyncio's TLS transport allocates and zero-fills a 256 KiB read buffer per connection
+# (asyncio.sslproto.SSLProtocol.max_size); OpenSSL hands over at most one record, 16 KiB of
+# plaintext, per read, so that is all a read needs. 240 KB less per wss:// call (bench/sessmem.py).
+TLS_READ_BYTES = 16 * 1024
 
 _callid: contextvars.ContextVar[int] = contextvars.ContextVar("convai_callid", default=0)
 _host: Any = None
@@ -188,9 +197,9 @@ class CallBridge:
             call_info_from(sess),
             self,
             tools=self.telephony.registry,
+            http=runtime.http(),
             log=log,
             supported_formats=SUPPORTED_FORMATS,
-            log_interruptions=False,
         )
         self.framer: Framer | None = None
         self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
@@ -199,8 +208,8 @@ class CallBridge:
         self.frames_pushed = 0
         self.c_gone = False
         self.ended = False
-        self.interrupt_id = 0
-        self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * lib.CONVAI_UP_SLOTS)
+        # One chunk per pop (see _on_up), so one chunk's room, not the whole ring's.
+        self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * max(1, sess.up_batch_frames))
         self._cmd_buf = ffi.new("uint8_t[]", lib.CONVAI_CMD_BYTES)
         self._cmd_type = ffi.new("uint32_t *")
         self._stamp = ffi.new("uint32_t *")
@@ -256,10 +265,10 @@ class CallBridge:
     def tell_agent(self, text: str) -> None:
         self.session.send_contextual_update(text)
 
-    def _send_end(self, status: str, reason: str, detail: str) -> None:
+    def _send_end(self, status: str, reason: str, detail: str, play_out: bool = False) -> None:
         if not self.ended:
             self.ended = True
-            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}")
+            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}\t{int(play_out)}")
 
     def _on_up(self) -> None:
         _eventfd_drain(self.sess.up_efd)
@@ -302,6 +311,8 @@ class CallBridge:
 
     # --- agent audio toward the caller --------------------------------------------------------
     def _push(self, frames: list[tuple[int, bytes]]) -> None:
+        ring = self.sess.down
+        frames = [f for f in frames if not lib.convai_ring_stale(ring, f[0])]
         if not frames:
             return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
@@ -345,17 +356,25 @@ class CallBridge:
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
         # The session has already refused formats outside SUPPORTED_FORMATS.
-        self.framer = Framer(
-            protocol.frame_bytes(started.output_format),
-            0xFF if started.output_format == "ulaw_8000" else 0,
-        )
+        fmt = protocol.AUDIO_FORMATS[started.output_format]
+        self.framer = Framer(fmt.frame_bytes, fmt.silence_byte)
         self._command(
             lib.CONVAI_CMD_STARTED,
             f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
         )
 
     def on_audio(self, event_id: int, audio: bytes) -> None:
-        if self.framer is None or self.ended or event_id < self.interrupt_id:
+        if self.framer is None or self.ended:
+            return
+        if lib.convai_ring_stale(self.sess.down, event_id):
+            # Late stale audio is never framed, so it cannot pad the reply's frames.
+            log.debug(
+                "%s: dropping late audio chunk with event_id=%d (older than the last"
+                " interruption), %d bytes",
+                self.tag,
+                event_id,
+                len(audio),
+            )
             return
         self.telephony.on_agent_audio()
         self._push(self.framer.feed(event_id, audio))
@@ -370,19 +389,19 @@ class CallBridge:
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, event_id)
 
     def on_interruption(self, event_id: int) -> None:
-        self.interrupt_id = max(self.interrupt_id, event_id)
         # The stamp first: the watermark's release store publishes it to the app thread.
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPT_STAMP, lib.convai_now_us())
         lib.convai_ring_drop_below(self.sess.down, event_id)
         consumed = self._consumed()
         while self.queued and self.queued[0][1] <= consumed:
             self.queued.popleft()
-        removed = [ev for ev, _ in self.queued if ev < event_id]
-        removed += sorted({ev for ev, _, _ in self.backlog if ev < event_id})
-        self.backlog = collections.deque(f for f in self.backlog if f[0] >= event_id)
-        if self.framer:
-            self.framer.drop_below(event_id)
-        remaining = sum(1 for ev, _ in self.queued if ev >= event_id)
+        ring = self.sess.down
+        removed = [ev for ev, _ in self.queued if lib.convai_ring_stale(ring, ev)]
+        remaining = len(self.queued) - len(removed)
+        removed += sorted({ev for ev, _, _ in self.backlog if lib.convai_ring_stale(ring, ev)})
+        self.backlog = collections.deque(
+            f for f in self.backlog if not lib.convai_ring_stale(ring, f[0])
+        )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPTIONS, self.session.interruptions)
         if log.isEnabledFor(logging.DEBUG):
@@ -439,14 +458,16 @@ class CallBridge:
             self._close()
 
     async def _finish(self, result: SessionResult) -> None:
-        # Everything the agent said must reach the ring before C is told to drain and leave.
-        if self.framer:
-            self._push(self.framer.flush())
-        while self.backlog and not self.c_gone:
-            await asyncio.sleep(TOP_UP_S)
-            self._drain_backlog()
+        # The session decided whether the agent's last words play (lifecycle.py): then all
+        # of them must reach the ring before C is told to drain and leave.
+        if result.play_out:
+            if self.framer:
+                self._push(self.framer.flush())
+            while self.backlog and not self.c_gone:
+                await asyncio.sleep(TOP_UP_S)
+                self._drain_backlog()
         detail = result.detail.replace("\t", " ").replace("\n", " ")
-        self._send_end(result.status, result.reason.value, detail)
+        self._send_end(result.status, result.reason.value, detail, result.play_out)
 
     def _close(self) -> None:
         self.telephony.close()
@@ -470,6 +491,20 @@ class Runtime:
         self.bridges: set[CallBridge] = set()
         self.stopping = False
         self.started_at = time.monotonic()
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        """One HTTP client for every call's signed-URL request: its pooled keep-alive
+        connection is reused by the next call, where a client per call held one socket (and,
+        over https, one TLS connection) for the whole call. No cookies: calls share nothing."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                # As many at once as calls start; an idle connection goes after 1 s, so none
+                # outlives a burst of call starts by much (fds return to idle).
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=1.0),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._http
 
     def on_wake(self) -> None:
         _eventfd_drain(self.host.wake_efd)
@@ -505,6 +540,9 @@ class Runtime:
             bridge.session.shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.close()
         self.loop.stop()
 
     def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -539,6 +577,7 @@ def boot(address: int) -> None:
     _apply_debug(host)
     sys.stdout = _LogWriter(logging.INFO)  # type: ignore[assignment]
     sys.stderr = _LogWriter(logging.WARNING)  # type: ignore[assignment]
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BYTES
     _runtime = Runtime(host)
     asyncio.set_event_loop(_runtime.loop)
     _runtime.loop.set_exception_handler(_runtime.exception_handler)
