@@ -146,6 +146,7 @@ def test_full_conversation_with_barge_in_completes(
     assert sequence == [
         "ElevenLabsConvAIStart",
         "ElevenLabsConvAIInterruption",
+        "ElevenLabsConvAISystemTool",  # the agent's end_call
         "ElevenLabsConvAIStats",
         "ElevenLabsConvAIEnd",
     ], sequence
