@@ -26,14 +26,12 @@
 
 /* Largest 20 ms frame: pcm_16000 is 640 bytes. */
 #define CONVAI_FRAME_MAX 640u
-/* Down ring: 2.56 s of agent audio; Python keeps any excess in its own backlog and tops
- * the ring up every 0.5 s (host.py TOP_UP_S). Every slot is resident (calloc and the ring's
- * cycle touch them all), so this is 84 KB a call; it was 512 slots, 336 KB (bench/). */
-#define CONVAI_DOWN_SLOTS 128u
-/* Up ring: at least 1.28 s of caller audio, four chunks of the agent's buffer_ms if more. */
-#define CONVAI_UP_SLOTS_MIN 64u
-/* Command queues: C and Python each drain theirs within a loop turn; a call sends a few. */
-#define CONVAI_CMD_SLOTS 32u
+/* Down ring: 10.24 s of agent audio; Python keeps any excess in its own backlog. */
+#define CONVAI_DOWN_SLOTS 512u
+/* Up ring: 2.56 s of caller audio. */
+#define CONVAI_UP_SLOTS 128u
+/* Command queues. */
+#define CONVAI_CMD_SLOTS 64u
 #define CONVAI_CMD_BYTES 1000u
 
 /* Commands, carried in the event id of a command slot. Payloads are UTF-8 text. */

@@ -49,7 +49,7 @@ log = logging.getLogger("convai")
 SUPPORTED_FORMATS = ("ulaw_8000", "pcm_8000", "pcm_16000")
 # The last partial frame of an utterance is padded and queued after this much quiet.
 TAIL_FLUSH_S = 0.08
-# While frames wait for ring space, look again this often (the ring holds 2.56 s).
+# While frames wait for ring space, look again this often (the ring holds 10 s).
 TOP_UP_S = 0.5
 # asyncio's TLS transport allocates and zero-fills a 256 KiB read buffer per connection
 # (asyncio.sslproto.SSLProtocol.max_size); OpenSSL hands over at most one record, 16 KiB of
