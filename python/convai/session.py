@@ -713,6 +713,11 @@ class Session:
         self._callback(self.handler.on_interruption, ev.event_id)
 
     async def _run_tool(self, call: ClientToolCall) -> None:
+        """The tool path: a ``client_tool_call`` (its name and id already checked against
+        ``protocol.ID_PATTERN``) runs its registered handler in its own task; the result goes
+        back unless the agent said it expects none; then ``outcome.after`` runs (a transfer
+        or the hangup tool ends the conversation there, through :meth:`end`, which is
+        ``_end`` like every other end). A phase such as TRANSFERRING would be entered here."""
         if self.tools is None or call.tool_name not in self.tools:
             self.log.warning(
                 "%s: the agent called client tool %r, which is not registered",
