@@ -1102,3 +1102,24 @@ def test_hostile_tool_ids_never_reach_the_tools() -> None:
     bad = [e for e in out.rec.events if isinstance(e, p.MalformedMessage)]
     assert len(bad) == 2 and all(e.type == "client_tool_call" for e in bad)
     assert out.result.status == "COMPLETED"
+
+
+def test_a_lone_surrogate_from_the_server_cannot_break_the_writer() -> None:
+    """JSON lets a server send "\\ud800", a lone surrogate that UTF-8 cannot encode; a tool
+    that echoes it must not crash the only sender (found while testing the writer's end)."""
+    tools = ToolRegistry()
+    tools.register("echo", lambda call: call.parameters["text"])
+    results: list[Json] = []
+
+    async def agent(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.send(meta())
+        await conn.send(tool_call("echo", "c1", {"text": "a\ud800b"}))
+        results.append(await svc.recv(conn, audio_ok=False))
+        await conn.send(tool_call("echo", "c2", {"text": "ok"}))
+        results.append(await svc.recv(conn, audio_ok=False))
+        await conn.close(1000)
+
+    out = run_session(agent, tools=tools)
+    assert [(r["tool_call_id"], r["result"]) for r in results] == [("c1", "a\ud800b"), ("c2", "ok")]
+    assert (out.result.status, out.result.reason) == ("COMPLETED", p.EndReason.COMPLETED)
