@@ -458,8 +458,11 @@ class CallBridge:
             self._close()
 
     async def _finish(self, result: SessionResult) -> None:
-        # The session decided whether the agent's last words play (lifecycle.py): then all
-        # of them must reach the ring before C is told to drain and leave.
+        # The session decided whether the agent's last words play (lifecycle.py, the one place:
+        # yes after a normal end, a transfer or a network loss, which issue 11 (4) asks for and
+        # test_tcp_reset_plays_out_the_received_audio_then_fails pins; no after a server error,
+        # as test_server_errors_mid_call_set_failed pins). Then all of them must reach the
+        # ring before C is told to drain and leave. Do not second-guess it here.
         if result.play_out:
             if self.framer:
                 self._push(self.framer.flush())

@@ -523,7 +523,16 @@ def _excerpt(data: object, chars: int = EXCERPT_CHARS) -> str:
 
 
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON that is always valid UTF-8: a lone surrogate (JSON lets a server send
+    "\\ud800", and a tool may echo it back) is written as an escape instead of breaking the
+    WebSocket send."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
 
 
 # --------------------------------------------------------------------------- the protocol

@@ -705,3 +705,17 @@ def test_format_interruption() -> None:
         "=== END INTERRUPTION ===",
     ]
     assert "removed 0 audio chunks" in p.format_interruption(3, [], 0)[4]
+
+
+def test_builders_always_give_utf8() -> None:
+    """A lone surrogate (from a server's "\\ud800" escape, echoed by a tool) comes out as an
+    escape: the frame stays valid UTF-8 and decodes to the same string."""
+    for frame in (
+        p.ClientProtocol.user_message("a\ud800b"),
+        p.ClientProtocol.contextual_update("\udfff"),
+        p.ClientProtocol.tool_result("c1", "x\ud83d", False),
+    ):
+        frame.encode("utf-8")
+        assert "\\ud" in frame or "\\udfff" in frame
+    assert json.loads(p.ClientProtocol.user_message("a\ud800b"))["text"] == "a\ud800b"
+    assert p.ClientProtocol.user_message("grüß") == '{"type":"user_message","text":"grüß"}'
