@@ -130,6 +130,12 @@ static inline void convai_ring_drop_below(struct convai_ring *r, uint32_t id)
 	}
 }
 
+/*! \brief The watermark: slots with a lower event id are stale (the interruption rule). */
+static inline uint32_t convai_ring_below(struct convai_ring *r)
+{
+	return atomic_load_explicit(&r->drop_below, memory_order_acquire);
+}
+
 /*! \brief Producer: free slots (a lower bound: the consumer may free more meanwhile). */
 static inline uint32_t convai_ring_space(struct convai_ring *r)
 {
