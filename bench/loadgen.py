@@ -399,6 +399,8 @@ class Call:
             out["drift_ms_per_s"] = (slope - FRAME_NS) / FRAME_NS * 1000.0
             out["stream_s"] = (ns[-1] - ns[0]) / 1e9
             out["seq_gaps"] = sum(1 for i in range(1, n) if seqs[i] - seqs[i - 1] != 1)
+            # Intervals over 30 ms (a packet 10 ms late or lost): what capacity counts.
+            out["gaps_over_30ms"] = sum(1 for i in range(1, n) if ns[i] - ns[i - 1] > 30_000_000)
             # Where the long intervals are: (ms since the first packet, interval ms, seq step,
             # agent speech before/after), the 5 longest over 40 ms.
             long_iv = sorted(

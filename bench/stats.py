@@ -157,3 +157,26 @@ def machine_busy_s() -> tuple[float, float]:
 
 def load_avg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE"}
+
+
+def thread_sched(pid: int, tid: int) -> dict[str, Any]:
+    """A thread's scheduling policy, realtime priority and nice value (/proc/PID/task/TID/stat)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command: state is field 3; nice 19, rt_priority 40, policy 41 (proc(5)).
+    return {"policy": _POLICIES.get(int(fields[38]), fields[38]), "rt_priority": int(fields[37]),
+            "nice": int(fields[16])}  # fmt: skip
+
+
+def sched_of(pid: int, py_tid: int | None) -> dict[str, Any]:
+    """How Asterisk's main thread and the module's Python thread are scheduled."""
+    out: dict[str, Any] = {}
+    try:
+        out["asterisk_main"] = thread_sched(pid, pid)
+        if py_tid:
+            out["python_thread"] = thread_sched(pid, py_tid)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out

@@ -329,14 +329,14 @@ static int call_on_interruption(struct convai_call *c, uint32_t below)
 	struct convai_slot *s = h != t ? convai_ring_slot(r, h) : NULL;
 
 	c->seen_below = below;
-	if (!c->playing || c->last_played_id >= below) {
+	if (!c->playing || !convai_ring_id_stale(c->last_played_id, below)) {
 		return 0;
 	}
 	c->playing = 0;
 	c->prebuffer_ticks = 0;
 	convai_hist_add(c->sess, CONVAI_HIST_BARGE_IN,
 		convai_now_us() - (uint32_t) convai_stat_get(c->sess, CONVAI_STAT_INTERRUPT_STAMP));
-	if (s && s->event_id < below) {
+	if (s && convai_ring_id_stale(s->event_id, below)) {
 		call_write_fade(c, s->data, s->len);
 	} else {
 		call_write(c, c->silence);

@@ -10,7 +10,9 @@
  *
  * Interruption: the producer publishes a monotonic watermark `drop_below`; the consumer skips
  * every slot whose event id is lower, both those already queued and those pushed later. Only
- * the consumer moves `head`, so a frame is never withdrawn while it is being read.
+ * the consumer moves `head`, so a frame is never withdrawn while it is being read. This
+ * watermark is the module's one authority on the interruption rule: convai_ring_stale() is
+ * the rule, and the producer asks it too before it frames late audio (python/convai/host.py).
  *
  * This header is included by the Asterisk-facing C file, by the Python-facing C file and by
  * the cffi extension, so it uses only the C11 standard library.
@@ -130,10 +132,22 @@ static inline void convai_ring_drop_below(struct convai_ring *r, uint32_t id)
 	}
 }
 
-/*! \brief The watermark: slots with a lower event id are stale (the interruption rule). */
-static inline uint32_t convai_ring_below(struct convai_ring *r)
+/*!
+ * \brief The interruption rule, the one place it is written: audio older than the last
+ * interruption is stale; audio with the interruption's own id is the reply and plays
+ * (elevenlabs-python#829: `<=` swallowed it).
+ */
+static inline int convai_ring_id_stale(uint32_t event_id, uint32_t drop_below)
 {
-	return atomic_load_explicit(&r->drop_below, memory_order_acquire);
+	return event_id < drop_below;
+}
+
+/*! \brief Producer: whether a frame with \a event_id would be dropped if pushed now. */
+static inline int convai_ring_stale(struct convai_ring *r, uint32_t event_id)
+{
+	uint32_t below = atomic_load_explicit(&r->drop_below, memory_order_relaxed);
+
+	return convai_ring_id_stale(event_id, below);
 }
 
 /*! \brief Producer: free slots (a lower bound: the consumer may free more meanwhile). */
@@ -170,7 +184,7 @@ static inline struct convai_slot *convai_ring_peek(struct convai_ring *r)
 	}
 	while (h != r->tail_cache) {
 		s = convai_ring_slot(r, h);
-		if (s->event_id >= below) {
+		if (!convai_ring_id_stale(s->event_id, below)) {
 			break;
 		}
 		s = NULL;

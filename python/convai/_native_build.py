@@ -76,7 +76,7 @@ int convai_ring_push(struct convai_ring *r, uint32_t event_id, const void *data,
 int convai_ring_push_stamped(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
     const void *data, uint32_t len);
 void convai_ring_drop_below(struct convai_ring *r, uint32_t id);
-uint32_t convai_ring_below(struct convai_ring *r);
+int convai_ring_stale(struct convai_ring *r, uint32_t event_id);
 uint32_t convai_ring_space(struct convai_ring *r);
 uint32_t convai_ring_count(struct convai_ring *r);
 int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, void *out, uint32_t cap);

@@ -20,6 +20,7 @@ call (status FAILED) and the others go on.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import collections
 import contextlib
 import contextvars
@@ -31,6 +32,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+import aiohttp
 
 from convai import contract, protocol
 from convai.playout import Framer
@@ -50,6 +53,10 @@ TOP_UP_S = 0.5
 # no reply needs more; a flood beyond is dropped, counted and logged (docs/ARCHITECTURE.md).
 BACKLOG_MAX_S = 60
 BACKLOG_MAX_FRAMES = BACKLOG_MAX_S * 50
+# asyncio's TLS transport allocates and zero-fills a 256 KiB read buffer per connection
+# (asyncio.sslproto.SSLProtocol.max_size); OpenSSL hands over at most one record, 16 KiB of
+# plaintext, per read, so that is all a read needs. 240 KB less per wss:// call (bench/sessmem.py).
+TLS_READ_BYTES = 16 * 1024
 
 _callid: contextvars.ContextVar[int] = contextvars.ContextVar("convai_callid", default=0)
 _host: Any = None
@@ -205,6 +212,7 @@ class CallBridge:
             self.config,
             call_info_from(sess),
             self,
+            http=runtime.http(),
             log=log,
             supported_formats=tuple(contract.FORMATS),
             log_interruptions=False,
@@ -219,8 +227,9 @@ class CallBridge:
         # the interruption's debug line; pruned as C plays them, so at most the ring's worth.
         self.in_ring: collections.deque[tuple[int, int]] = collections.deque()
         self.frames_pushed = 0
-        self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * lib.CONVAI_UP_SLOTS)
-        self._cmd_buf = ffi.new("uint32_t[]", lib.CONVAI_CMD_BYTES // 4 + 1)
+        # One chunk per pop (see _on_up), so one chunk's room, not the whole ring's.
+        self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * max(1, sess.up_batch_frames))
+        self._cmd_buf = ffi.new("uint32_t[]", lib.CONVAI_CMD_BYTES // 4 + 1)  # aligned records
         self._cmd_type = ffi.new("uint32_t *")
         self._stamp = ffi.new("uint32_t *")
         self._tail_timer: asyncio.TimerHandle | None = None
@@ -339,11 +348,10 @@ class CallBridge:
         """Moves what fits from the backlog into the ring; stale frames (below the ring's
         watermark) are skipped, as the channel thread would skip them."""
         ring = self.sess.down
-        below = lib.convai_ring_below(ring)
         self._prune_in_ring()
         while self.backlog:
             event_id, stamp, frame = self.backlog[0]
-            if event_id >= below:
+            if not lib.convai_ring_stale(ring, event_id):
                 if lib.convai_ring_push_stamped(ring, event_id, stamp, frame, len(frame)) != 0:
                     break
                 self.frames_pushed += 1
@@ -390,8 +398,16 @@ class CallBridge:
     def on_audio(self, event_id: int, audio: bytes) -> None:
         if self.framer is None or self.phase is not Phase.TALKING:
             return
-        if contract.ring_id(event_id) < lib.convai_ring_below(self.sess.down):
-            return  # stale: the ring's watermark is the interruption rule
+        if lib.convai_ring_stale(self.sess.down, contract.ring_id(event_id)):
+            # Late stale audio is never framed, so it cannot pad the reply's frames.
+            log.debug(
+                "%s: dropping late audio chunk with event_id=%d (older than the last"
+                " interruption), %d bytes",
+                self.tag,
+                event_id,
+                len(audio),
+            )
+            return
         self._push(self.framer.feed(event_id, audio))
         if self._tail_timer:
             self._tail_timer.cancel()
@@ -404,18 +420,19 @@ class CallBridge:
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, contract.ring_id(event_id))
 
     def on_interruption(self, event_id: int) -> None:
-        below = contract.ring_id(event_id)
+        ring, below = self.sess.down, contract.ring_id(event_id)
         # The stamp first: the watermark's release store publishes it to the app thread.
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPT_STAMP, lib.convai_now_us())
-        lib.convai_ring_drop_below(self.sess.down, below)
-        below = lib.convai_ring_below(self.sess.down)  # it never goes down
+        lib.convai_ring_drop_below(ring, below)
+        # The ring is the authority: what it calls stale goes (a stale partial frame in the
+        # framer goes when it is pushed).
         self._prune_in_ring()
-        removed = [ev for ev, _ in self.in_ring if ev < below]
-        removed += sorted({ev for ev, _, _ in self.backlog if ev < below})
-        self.backlog = collections.deque(f for f in self.backlog if f[0] >= below)
-        if self.framer:
-            self.framer.drop_below(below)
-        remaining = sum(1 for ev, _ in self.in_ring if ev >= below)
+        removed = [ev for ev, _ in self.in_ring if lib.convai_ring_stale(ring, ev)]
+        remaining = len(self.in_ring) - len(removed)
+        removed += sorted({ev for ev, _, _ in self.backlog if lib.convai_ring_stale(ring, ev)})
+        self.backlog = collections.deque(
+            f for f in self.backlog if not lib.convai_ring_stale(ring, f[0])
+        )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPTIONS, self.session.interruptions)
         if log.isEnabledFor(logging.DEBUG):
@@ -515,6 +532,20 @@ class Runtime:
         self.bridges: set[CallBridge] = set()
         self.stopping = False
         self.started_at = time.monotonic()
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        """One HTTP client for every call's signed-URL request: its pooled keep-alive
+        connection is reused by the next call, where a client per call held one socket (and,
+        over https, one TLS connection) for the whole call. No cookies: calls share nothing."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                # As many at once as calls start; an idle connection goes after 1 s, so none
+                # outlives a burst of call starts by much (fds return to idle).
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=1.0),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._http
 
     def on_wake(self) -> None:
         _eventfd_drain(self.host.wake_efd)
@@ -551,6 +582,9 @@ class Runtime:
             bridge.session.shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.close()
         self.loop.stop()
 
     def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -585,6 +619,7 @@ def boot(address: int) -> None:
     _apply_debug(host)
     sys.stdout = _LogWriter(logging.INFO)  # type: ignore[assignment]
     sys.stderr = _LogWriter(logging.WARNING)  # type: ignore[assignment]
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BYTES
     _runtime = Runtime(host)
     asyncio.set_event_loop(_runtime.loop)
     _runtime.loop.set_exception_handler(_runtime.exception_handler)

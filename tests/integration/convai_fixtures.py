@@ -73,12 +73,12 @@ def elevenlabs_conf(
 
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., Simulator]]:
-    """``make(scenario=None) -> Simulator``: a running simulator (own loop in a thread),
-    stopped at teardown."""
+    """``make(scenario=None, **Simulator kwargs) -> Simulator``: a running simulator (own loop
+    in a thread), stopped at teardown; e.g. ``ssl_context=`` for https/wss."""
     with ExitStack() as stack:
 
-        def make(scenario: Scenario | None = None) -> Simulator:
-            return stack.enter_context(Simulator(scenario).run_in_thread())
+        def make(scenario: Scenario | None = None, **kwargs: Any) -> Simulator:
+            return stack.enter_context(Simulator(scenario, **kwargs).run_in_thread())
 
         yield make
 

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import secrets
+import socket
 import ssl
 import string
 import threading
@@ -197,6 +198,50 @@ class Scenario:
         default=5.0, metadata=_h("wait this long for client_tool_result before replying")
     )
 
+    # --- phases and hostile servers (tests/integration/test_faults.py) ---
+    ws_handshake_delay_s: float = field(
+        default=0.0, metadata=_h("hold the WebSocket upgrade this long before answering 101")
+    )
+    metadata_delay_s: float = field(
+        default=0.0, metadata=_h("wait this long before conversation_initiation_metadata")
+    )
+    send_metadata: bool = field(
+        default=True,
+        metadata=_h("when off, never send the metadata (nor anything else): the client waits"),
+    )
+    stop_reading_after_s: float | None = field(
+        default=None,
+        metadata=_h(
+            "stop reading the socket (its receive buffer shrunk to 4 KiB) so the client's TCP "
+            "window fills; the agent goes on talking"
+        ),
+    )
+    flood_audio_s: float | None = field(
+        default=None,
+        metadata=_h(
+            "instead of the greeting, send this many seconds of agent audio (one event id) as "
+            "fast as the socket takes it"
+        ),
+    )
+    oversize_message_bytes: int | None = field(
+        default=None,
+        metadata=_h("right after the metadata, send one audio message of this many bytes"),
+    )
+    first_event_id: int = field(
+        default=1, metadata=_h("the first agent event id (e.g. 2**63, or negative)")
+    )
+    event_id_step: int = field(
+        default=1, metadata=_h("added for each new agent event id (negative: decreasing ids)")
+    )
+    inject: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata=_h(
+            "messages sent verbatim inject_after_s after the metadata, e.g. an interruption "
+            'for an id never used: {"interruption_event":{"event_id":999},"type":"interruption"}'
+        ),
+    )
+    inject_after_s: float = field(default=0.5, metadata=_h("when the inject messages go"))
+
     def validate(self) -> None:
         for name in ("input_format", "output_format"):
             fmt = getattr(self, name)
@@ -206,6 +251,8 @@ class Scenario:
             raise ValueError("audio_chunk_ms must be positive")
         if self.silence_end_ms < FRAME_MS:
             raise ValueError(f"silence_end_ms must be at least {FRAME_MS}")
+        if self.event_id_step == 0:
+            raise ValueError("event_id_step must not be 0")
 
 
 @dataclass(slots=True)
@@ -268,6 +315,8 @@ class ConversationRecord:
     end_reason: str | None = None  # client_closed | end_call | max_duration | scripted_close |
     # tcp_drop | connection_lost | server_stopped | error
     ended_at: float | None = None  # time.time()
+    flood_sent_s: float = 0.0  # flood_audio_s: audio sent, and how long sending it took
+    flood_took_s: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -371,6 +420,10 @@ class Simulator:
         self.port = port
         self.conversations: list[ConversationRecord] = []
         self.signed_url_requests: list[SignedUrlRequest] = []
+        # time.time() when each request arrived (signed_url_requests logs them when answered)
+        self.signed_url_arrivals: list[float] = []
+        self.ws_arrivals: list[float] = []  # WebSocket upgrade requests, when they arrived
+        self.ws_abandoned = 0  # upgrades the client gave up on during ws_handshake_delay_s
         self._signatures: dict[str, tuple[str, float]] = {}
         self._phrases: dict[tuple[str, str, int], tuple[_Chunk, ...]] = {}
         self._active: set[_Conversation] = set()
@@ -520,6 +573,7 @@ class Simulator:
 
     # --- HTTP ---
     async def _handle_signed_url(self, request: web.Request) -> web.Response:
+        self.signed_url_arrivals.append(time.time())
         sc = self.scenario
         agent_id = request.query.get("agent_id")
         api_key = request.headers.get("xi-api-key")
@@ -568,6 +622,7 @@ class Simulator:
         return None
 
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        self.ws_arrivals.append(time.time())
         sc = copy.deepcopy(self.scenario)
         try:
             sc.validate()
@@ -589,6 +644,12 @@ class Simulator:
             body = {"detail": {"status": "invalid_signature", "message": refused}}
             return web.Response(status=403, text=_compact(body), content_type="application/json")
         transport = request.transport
+        if sc.ws_handshake_delay_s > 0:
+            await asyncio.sleep(sc.ws_handshake_delay_s)
+            if transport is None or transport.is_closing():
+                self.ws_abandoned += 1
+                log.info("WebSocket upgrade abandoned by the client during the delay")
+                return web.Response(status=499, text="client went away")
         await ws.prepare(request)
         record = ConversationRecord(
             conversation_id=_new_id("conv_"),
@@ -627,7 +688,7 @@ class _Conversation:
         self.t0 = self.loop.time()
         self.variables: dict[str, Any] = {}
         self.greeting = sc.greeting
-        self._event_id = 0
+        self._event_id = sc.first_event_id - sc.event_id_step
         self._ping_id = 0
         self._pings: dict[int, float] = {}
         self._last_rtt_ms: int | None = None
@@ -639,6 +700,7 @@ class _Conversation:
         self._ending = False
         self._closer: asyncio.Task[bool] | None = None
         self._silenced = False  # set before a scripted error: nothing may slip in between
+        self._stalled = False  # stop_reading_after_s: the reader stopped
         self._tool_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._audio_cap = int(sc.record_caller_audio_s * 1000 * audio.bytes_per_ms(sc.input_format))
         # VAD state, all in caller-audio time (ms of audio received), not wall time.
@@ -671,7 +733,7 @@ class _Conversation:
             log.log(level, "%s %7.3fs %s " + what, self.cid, self._t(), arrow, *args)
 
     def _next_id(self) -> int:
-        self._event_id += 1
+        self._event_id += self.sc.event_id_step
         return self._event_id
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -719,22 +781,18 @@ class _Conversation:
         self._log(logging.INFO, "·", "connected agent_id=%s", self.rec.agent_id)
         try:
             first = await self._receive_init()
-            await self._send(
-                "conversation_initiation_metadata",
-                "conversation_initiation_metadata_event",
-                {
-                    "conversation_id": self.cid,
-                    "agent_output_audio_format": self.sc.output_format,
-                    "user_input_audio_format": self.sc.input_format,
-                },
-                f"in={self.sc.input_format} out={self.sc.output_format}",
-            )
-            self._start_scripts()
-            if self.sc.ping_interval > 0:
-                self._spawn(self._ping_loop())
-            greeting = _substitute(self.greeting, self.variables)
-            if greeting or self._has_tool_calls(0):
-                self._start_agent(partial(self._greet, self._next_id(), greeting))
+            if not self.sc.send_metadata:
+                self._note("sim", "no_metadata")
+                self._log(logging.INFO, "·", "not sending the metadata (scripted)")
+            elif self.sc.metadata_delay_s > 0:  # reading meanwhile, so a close is seen at once
+
+                async def begin_later() -> None:
+                    await asyncio.sleep(self.sc.metadata_delay_s)
+                    await self._begin()
+
+                self._spawn(begin_later())
+            else:
+                await self._begin()
             await self._read_loop(first)
         except Exception:
             log.exception("%s conversation failed", self.cid)
@@ -742,6 +800,27 @@ class _Conversation:
             await self._close(1011, "simulator error", "error")
         finally:
             await self._finish()
+
+    async def _begin(self) -> None:
+        """The metadata, then the scripts, the pings and the greeting."""
+        await self._send(
+            "conversation_initiation_metadata",
+            "conversation_initiation_metadata_event",
+            {
+                "conversation_id": self.cid,
+                "agent_output_audio_format": self.sc.output_format,
+                "user_input_audio_format": self.sc.input_format,
+            },
+            f"in={self.sc.input_format} out={self.sc.output_format}",
+        )
+        self._start_scripts()
+        if self.sc.ping_interval > 0:
+            self._spawn(self._ping_loop())
+        greeting = _substitute(self.greeting, self.variables)
+        if self.sc.flood_audio_s is not None:
+            self._start_agent(partial(self._flood, self._next_id(), greeting or "Flood."))
+        elif greeting or self._has_tool_calls(0):
+            self._start_agent(partial(self._greet, self._next_id(), greeting))
 
     async def _receive_init(self) -> WSMessage | None:
         """Wait briefly for conversation_initiation_client_data; return any other first frame
@@ -785,6 +864,8 @@ class _Conversation:
 
     async def _read_loop(self, first: WSMessage | None) -> None:
         while True:
+            while self._stalled and self.transport is not None and not self.transport.is_closing():
+                await asyncio.sleep(0.05)  # not reading: aiohttp's queue, then TCP, fill up
             msg, first = (first, None) if first is not None else (await self.ws.receive(), None)
             if msg.type == WSMsgType.TEXT:
                 try:
@@ -863,6 +944,12 @@ class _Conversation:
             later(sc.drop_tcp_after_s, self._drop_tcp)
         if sc.garbage_after_s is not None:
             later(sc.garbage_after_s, self._garbage)
+        if sc.stop_reading_after_s is not None:
+            later(sc.stop_reading_after_s, self._stop_reading)
+        if sc.oversize_message_bytes is not None:
+            later(0.0, self._oversize)
+        if sc.inject:
+            later(sc.inject_after_s, self._inject)
 
     async def _max_duration(self) -> None:
         limit = self.sc.max_duration_s or 0.0
@@ -899,6 +986,58 @@ class _Conversation:
         self._log(logging.INFO, "·", "dropping the TCP connection (no close frame)")
         if isinstance(self.transport, asyncio.WriteTransport):
             self.transport.abort()
+
+    async def _stop_reading(self) -> None:
+        self._stalled = True
+        if isinstance(self.transport, asyncio.ReadTransport):
+            self.transport.pause_reading()  # under aiohttp's own flow control: nobody resumes it
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._note("sim", "stop_reading", f"after {self.rec.caller_audio_bytes} caller bytes")
+        self._log(logging.INFO, "·", "stopped reading the socket (scripted)")
+
+    async def _oversize(self) -> None:
+        n = self.sc.oversize_message_bytes or 0
+        head = '{"audio_event":{"event_id":' + str(self._event_id) + ',"audio_base_64":"'
+        tail = '"},"type":"audio"}'
+        body = "A" * max(0, n - len(head) - len(tail))
+        if await self._send_raw(head + body + tail):
+            self._note("out", "oversize", f"{n} bytes")
+            self._log(logging.INFO, "→", "one audio message of %d bytes", n)
+
+    async def _inject(self) -> None:
+        for msg in self.sc.inject:
+            if not await self._send_raw(_compact(msg)):
+                return
+            eid = next((v.get("event_id") for v in msg.values() if isinstance(v, dict)), None)
+            self._note("out", str(msg.get("type")), _compact(msg)[:120], eid)
+            self._log(logging.INFO, "→", "injected %s", _compact(msg)[:200])
+
+    async def _flood(self, event_id: int, text: str) -> None:
+        """flood_audio_s of audio for one event id, as fast as the socket drains (the phrase's
+        chunks over and over): a hostile server, or a client that cannot keep up."""
+        chunks = await self.sim._chunks(text, self.sc.output_format, self.sc.audio_chunk_ms)
+        target = self.sc.flood_audio_s or 0.0
+        turn = _Turn(event_id, text, chunks, target)
+        self._turn = turn
+        self.rec.agent_responses.append((event_id, text))
+        turn.started = self.loop.time()
+        self._log(logging.INFO, "→", "flood of %.0f s of audio [%d]", target, event_id)
+        i = 0
+        while turn.sent_s < target:
+            chunk = chunks[i % len(chunks)]
+            if not await self._send_chunk(turn, chunk, False):
+                return
+            turn.sent += 1
+            turn.sent_s += chunk.seconds
+            i += 1
+            if i % 20 == 0:
+                await asyncio.sleep(0)  # let the other conversations run
+        self.rec.flood_sent_s = turn.sent_s
+        self.rec.flood_took_s = self.loop.time() - turn.started
+        self._note("sim", "flood_done", f"{turn.sent_s:.1f} s in {self.rec.flood_took_s:.2f} s")
 
     async def _garbage(self) -> None:
         eid = self._event_id
