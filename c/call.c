@@ -185,11 +185,11 @@ static void call_on_end(struct convai_call *c, const void *rec)
 	if (c->phase == CALL_DRAINING) {
 		return;   /* already ending (max_duration): that result stands */
 	}
-	if (c->phase == CALL_TALKING && st != CONVAI_STATUS_FAILED) {
-		/* The loop ends once the agent's queued audio has played out: no cut-off goodbye. */
+	if (c->phase == CALL_TALKING && cmd->play_out) {
+		/* The loop ends once the agent's queued audio has played out: no cut-off goodbye,
+		 * also after a broken connection (Python decides: convai/lifecycle.py). */
 		call_enter(c, CALL_DRAINING, st, reason);
 	} else {
-		/* Nothing worth draining: a failed setup or a broken conversation. */
 		call_enter(c, CALL_DONE, st, reason);
 	}
 }

@@ -81,7 +81,7 @@ enum convai_status {
 };
 
 /* ELEVENLABS_END_REASON (convai_reason_name() spells them; protocol.EndReason must match,
- * which tests/unit/test_contract.py checks). */
+ * which tests/unit/test_c_contract.py checks). */
 enum convai_reason {
 	CONVAI_REASON_NONE = 0,
 	CONVAI_REASON_COMPLETED,
@@ -113,12 +113,12 @@ enum convai_reason {
  * Adding a command: a type here, its record struct named after it (CONVAI_CMD_FOO ->
  * struct convai_cmd_foo), a case in convai_cmd_size(), a handler in c/call.c's table
  * (Python -> C) or in host.py's CallBridge._on_command (C -> Python), and the encoder call
- * on the sending side. tests/unit/test_contract.py checks the naming and the sizes.
+ * on the sending side. tests/unit/test_c_contract.py checks the naming and the sizes.
  */
 enum convai_cmd_type {
 	/* Python -> C: 1..99 */
 	CONVAI_CMD_STARTED = 1,        /* the conversation started: set the formats, start playout */
-	CONVAI_CMD_END = 2,            /* it ended: drain the down ring, then leave */
+	CONVAI_CMD_END = 2,            /* it ended: play out the down ring if asked, then leave */
 	CONVAI_CMD_INTERRUPTION = 3,   /* the caller interrupted: raise ElevenLabsConvAIInterruption */
 	CONVAI_CMD_TOOL_CALL = 4,      /* a client tool call: raise ElevenLabsConvAIToolCall */
 	CONVAI_CMD_SETVAR = 5,         /* set an ELEVENLABS_* channel variable */
@@ -136,6 +136,7 @@ struct convai_cmd_started {
 struct convai_cmd_end {
 	uint32_t status;               /* enum convai_status, never RUNNING */
 	uint32_t reason;               /* enum convai_reason */
+	uint32_t play_out;             /* 1: play what the ring holds first, whatever the status */
 };
 
 struct convai_cmd_interruption {

@@ -29,7 +29,7 @@ def shared_block(header: Path = HEADER) -> str:
 # What cffi cannot read from the header (C11 atomics, inline functions): partial structs
 # (``...;``: the compiler fills in the layout) and the inline functions' prototypes, each
 # checked against the header by the compiler when the extension is built.
-# tests/unit/test_contract.py checks every prototype here against the header's definition.
+# tests/unit/test_c_contract.py checks every prototype here against the header's definition.
 CDEF_REST = """
 struct convai_ring { uint32_t nslots; uint32_t slot_bytes; ...; };
 

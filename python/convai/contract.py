@@ -2,7 +2,7 @@
 
 Everything here is read from ``c/convai_shared.h`` through cffi (``convai._native``): the
 command types and their records, the formats the channel can run in, the statuses and the
-end reasons. Nothing is copied from C, so nothing can drift; ``tests/unit/test_contract.py``
+end reasons. Nothing is copied from C, so nothing can drift; ``tests/unit/test_c_contract.py``
 checks the conventions the codec relies on.
 
 A command is one fixed C record (``CONVAI_CMD_FOO`` -> ``struct convai_cmd_foo``) in one slot

@@ -10,7 +10,9 @@ to a :class:`convai.session.Session`:
 - agent audio: ``Session`` hands us decoded audio of any length; we cut it into exact 20 ms
   frames tagged with the event id and push them into the *down* ring, keeping any excess in a
   backlog until the ring has room;
-- interruption: we raise the ring's watermark; the app thread drops stale frames itself;
+- interruption: we raise the ring's watermark; the app thread drops stale frames itself, and
+  we ask the same watermark (``convai_ring_stale``) before framing late audio or pushing the
+  backlog: the ring is the one authority on the interruption rule;
 - control: small command rings plus eventfds, both ways.
 
 Nothing here ever blocks the loop, and no exception escapes into C: a broken call ends that
@@ -36,9 +38,10 @@ from typing import Any
 import aiohttp
 
 from convai import contract, protocol
+from convai.lifecycle import Status
 from convai.playout import Framer
 from convai.protocol import EndReason
-from convai.session import STATUS_FAILED, AgentConfig, CallInfo, Session, Started
+from convai.session import AgentConfig, CallInfo, Session, Started
 
 from ._native import ffi, lib  # type: ignore[import-not-found]
 
@@ -215,7 +218,6 @@ class CallBridge:
             http=runtime.http(),
             log=log,
             supported_formats=tuple(contract.FORMATS),
-            log_interruptions=False,
         )
         self.phase = Phase.CONNECTING
         self.framer: Framer | None = None
@@ -319,7 +321,11 @@ class CallBridge:
 
     # --- agent audio toward the caller --------------------------------------------------------
     def _push(self, frames: list[tuple[int, bytes]]) -> None:
-        if not frames or self.phase is Phase.DONE:
+        ring = self.sess.down
+        if self.phase is Phase.DONE:
+            return
+        frames = [f for f in frames if not lib.convai_ring_stale(ring, contract.ring_id(f[0]))]
+        if not frames:
             return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
         stamp = lib.convai_now_us()
@@ -462,29 +468,30 @@ class CallBridge:
     # --- lifetime -------------------------------------------------------------------------------
     async def _run(self) -> None:
         """The conversation, then its end: decided here, once, whatever happened before."""
-        status, reason = STATUS_FAILED, EndReason.SERVER_ERROR
+        status, reason, play_out = Status.FAILED, EndReason.SERVER_ERROR, False
         try:
             result = await self.session.run()
-            status, reason = result.status, result.reason
+            status, reason, play_out = result.status, result.reason, result.play_out
             self._enter(Phase.ENDING)
-            await self._play_out()
+            if play_out:
+                await self._play_out()
         except asyncio.CancelledError:
-            status, reason = STATUS_FAILED, EndReason.SHUTDOWN
+            status, reason, play_out = Status.FAILED, EndReason.SHUTDOWN, False
         except Exception:
             log.exception("%s: internal error in the ConvAI session", self.channel)
         finally:
-            self._end(status, reason)
+            self._end(status, reason, play_out)
 
     async def _play_out(self) -> None:
-        """Everything the agent said reaches the ring before C is told to drain and leave.
-        Bounded: the backlog holds at most BACKLOG_MAX_S and C plays 1 s per second."""
+        """Everything the agent said reaches the ring before C is told to play it out and
+        leave. Bounded: the backlog holds at most BACKLOG_MAX_S and C plays 1 s per second."""
         if self.framer:
             self._push(self.framer.flush())
         while self.backlog and self.phase is not Phase.DONE:
             await asyncio.sleep(TOP_UP_S)
             self._drain_backlog()
 
-    def _end(self, status: str, reason: EndReason) -> None:
+    def _end(self, status: str, reason: EndReason, play_out: bool) -> None:
         """END to C (unless it has gone) and the bridge's resources freed. Never raises:
         whatever failed before, the channel thread must hear of the end."""
         try:
@@ -492,6 +499,7 @@ class CallBridge:
                 lib.CONVAI_CMD_END,
                 status=contract.STATUSES.get(status, lib.CONVAI_STATUS_FAILED),
                 reason=contract.REASONS.get(reason.value, lib.CONVAI_REASON_SERVER_ERROR),
+                play_out=int(play_out),
             )
         except Exception:
             log.exception("%s: cannot send the end of the call to Asterisk", self.channel)

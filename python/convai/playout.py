@@ -38,10 +38,6 @@ class Framer:
         self._tail = b""
         return [(self._tail_id, frame)]
 
-    def drop_below(self, event_id: int) -> None:
-        if self._tail and self._tail_id < event_id:
-            self._tail = b""
-
     @property
     def pending(self) -> bool:
         return bool(self._tail)

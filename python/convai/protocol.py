@@ -24,14 +24,12 @@ before they reach the rest of the module:
   (letters, digits, ``_ . : -``, 1 to 128 of them), so no tab, CR/LF, space or NUL ever
   passes; a message with any other value is malformed and skipped.
 
-Interruption rule. The core keeps ``last_interrupt_id`` (0 at start). Agent audio whose
-``event_id`` is **lower** than it is stale and is reported as :class:`StaleAudio`, never as
-:class:`Audio`, including audio that arrives after the interruption; audio with an equal or
-higher id plays. This is the official JS client's rule (``lastInterrupt <= event_id`` plays)
-since its first release. The original module and the Python SDK dropped ``<=``, which
-swallowed real replies that carry the interruption's id (elevenlabs-python#829, fixed by
-PR #839). The interruption itself must still flush audio that is already queued for the
-caller; that is the caller's job (see ``session.py`` and the down-ring watermark).
+Interruption rule. Agent audio whose ``event_id`` is lower than the last interruption's is
+stale and must never play; audio with an equal or higher id plays (the official JS client's
+rule; the original module's ``<=`` swallowed real replies, elevenlabs-python#829). This core
+does not apply it: it reports every :class:`Audio` and :class:`Interruption` with its id, and
+the down ring's watermark (``c/convai_ring.h``, ``convai_ring_stale``) is the one authority,
+for audio already queued and audio that arrives late alike (see ``host.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +65,6 @@ __all__ = [
     "Interruption",
     "MalformedMessage",
     "Ping",
-    "StaleAudio",
     "UnknownMessage",
     "UserTranscript",
     "VadScore",
@@ -160,21 +157,12 @@ class ConversationInitiationMetadata(Event):
 
 @dataclass(frozen=True, slots=True)
 class Audio(Event):
-    """Playable agent audio (already checked against the interruption rule)."""
+    """Agent audio. Whether it still plays is the down ring's decision (the module docstring)."""
 
     event_id: int
     audio: bytes
     alignment: dict[str, Any] | None
     is_final: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StaleAudio(Event):
-    """Agent audio dropped because ``event_id < interrupt_id``."""
-
-    event_id: int
-    size: int
-    interrupt_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +530,7 @@ class ClientProtocol:
         self.input_format: str | None = None
         self.output_format: str | None = None
         self.last_event_id: int = 0  # highest turn id seen (pings excluded: own counter)
-        self.last_interrupt_id: int = 0
+        self.last_interrupt_id: int = 0  # highest interruption seen; the ring applies the rule
         self.last_ping_ms: int | None = None
         self.last_error: ErrorEvent | None = None
         self.saw_end_call: bool = False
@@ -629,8 +617,6 @@ class ClientProtocol:
             raise _Bad(f"{w}.alignment: expected object, got {_type_name(alignment)}")
         is_final = bool(_opt_bool(p, "is_final", w))
         self._seen(event_id)
-        if event_id < self.last_interrupt_id:
-            return StaleAudio(event_id, len(audio), self.last_interrupt_id)
         return Audio(event_id, audio, alignment, is_final)
 
     def _legacy_audio(self, p: dict[str, Any]) -> Event:
@@ -640,8 +626,6 @@ class ClientProtocol:
         event_id = _opt_event_id(p, "event_id", "audio")
         if event_id is None:
             event_id = self.last_event_id
-        if event_id < self.last_interrupt_id:
-            return StaleAudio(event_id, len(audio), self.last_interrupt_id)
         return Audio(event_id, audio, None, False)
 
     def _interruption(self, msg: dict[str, Any]) -> Event:
@@ -649,7 +633,6 @@ class ClientProtocol:
         p = _payload(msg, w)
         event_id = _req_event_id(p, "event_id", w)
         reason = _opt_str(p, "reason", w)
-        # Never lower it: a lower id would let already-stale audio play again.
         self.last_interrupt_id = max(self.last_interrupt_id, event_id)
         self._seen(event_id)
         return Interruption(event_id, reason)

@@ -57,6 +57,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import __version__, protocol
+from .lifecycle import Lifecycle, Phase, Status, close_outcome
 from .protocol import (
     AUDIO_FORMATS,
     RESERVED_VARIABLE_PREFIX,
@@ -71,7 +72,6 @@ from .protocol import (
     Interruption,
     MalformedMessage,
     Ping,
-    StaleAudio,
     UnknownMessage,
     VadScore,
 )
@@ -80,10 +80,12 @@ from .tools import ToolOutcome, ToolRegistry
 __all__ = [
     "AgentConfig",
     "CallInfo",
+    "Phase",
     "Session",
     "SessionHandler",
     "SessionResult",
     "Started",
+    "Status",
     "redact_url",
 ]
 
@@ -101,14 +103,6 @@ USER_AGENT: Final = f"app_elevenlabs_convai/{__version__}"
 
 _WS_LOG = logging.getLogger("convai.websockets")
 _WS_LOG.setLevel(logging.WARNING)  # its DEBUG lines carry the signed request line
-
-STATUS_COMPLETED: Final = "COMPLETED"
-STATUS_FAILED: Final = "FAILED"
-STATUS_HANGUP: Final = "HANGUP"
-STATUS_TRANSFER: Final = "TRANSFER"
-_COMPLETED_REASONS: Final = frozenset(
-    {EndReason.COMPLETED, EndReason.AGENT_ENDED_CALL, EndReason.MAX_DURATION}
-)
 
 
 def redact_key(key: str) -> str:
@@ -178,11 +172,12 @@ class Started:
 
 @dataclass(frozen=True)
 class SessionResult:
-    status: str  # "COMPLETED" | "FAILED" | "HANGUP"
+    status: Status
     reason: EndReason
     conversation_id: str | None
     close_code: int | None
     detail: str
+    play_out: bool = False  # play the agent audio already handed over before ending
 
 
 class SessionHandler(Protocol):
@@ -256,7 +251,6 @@ class Session:
         log: logging.Logger | None = None,
         supported_formats: Collection[str] | None = None,
         dtmf_interdigit_timeout: float = 1.0,
-        log_interruptions: bool = True,
     ) -> None:
         self.config = config
         self.call = call
@@ -267,7 +261,6 @@ class Session:
         self._ssl = ssl_context
         self._formats = frozenset(supported_formats or AUDIO_FORMATS)
         self._dtmf_timeout = dtmf_interdigit_timeout
-        self._log_interruptions = log_interruptions
         self._proto = ClientProtocol()
         self._tag = f"{call.channel} [{config.name}]"
         self._secrets: list[str] = [config.api_key] if len(config.api_key) >= 4 else []
@@ -282,13 +275,8 @@ class Session:
         self.started_at: float | None = None  # monotonic, when the metadata arrived
 
         self._ws: ClientConnection | None = None
-        self._ws_closed = False
-        self._started = False
-        self._done = False
-        self._stop_reason: EndReason | None = None
-        self._stop_detail = ""
-        self._stop_evt = asyncio.Event()
-        self._fatal: _Failure | None = None
+        self._life = Lifecycle()  # the phase and the end: see lifecycle.py
+        self._ended = asyncio.Event()  # set on entering CLOSING: wakes _until_ended()
         self._ctl: collections.deque[str] = collections.deque()
         self._up: collections.deque[tuple[str, int]] = collections.deque()
         self._wake = asyncio.Event()
@@ -299,7 +287,6 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dtmf: list[str] = []
         self._dtmf_timer: asyncio.TimerHandle | None = None
-        self._since_interrupt: collections.deque[int] = collections.deque(maxlen=512)
         self._warned_early_audio = False
 
     # ------------------------------------------------------------------ stats
@@ -313,20 +300,20 @@ class Session:
         return self._proto.last_event_id
 
     @property
-    def last_interrupt_id(self) -> int:
-        return self._proto.last_interrupt_id
+    def started(self) -> bool:
+        return self._life.talked
 
     @property
-    def started(self) -> bool:
-        return self._started
+    def phase(self) -> Phase:
+        return self._life.phase
 
     # ------------------------------------------------------------------ host API
 
     def feed_caller_audio(self, data: bytes) -> None:
         """Caller audio in the agent's input format. Never blocks; sends keep order."""
-        if self._done or self._stop_reason is not None or self._ws_closed or not data:
+        if not self._life.live or not data:
             return
-        if not self._started:
+        if self._life.phase is Phase.CONNECTING:
             self._prestart += data
             excess = len(self._prestart) - PRESTART_MAX_BYTES
             if excess > 0:
@@ -351,7 +338,7 @@ class Session:
 
     def send_dtmf(self, digit: str) -> None:
         """A keypad digit from the caller (see the module docstring for how it is sent)."""
-        if self._done or self._stop_reason is not None:
+        if not self._life.live:
             return
         keys = [c for c in digit.upper() if c in DTMF_DIGITS]
         if not keys:
@@ -376,17 +363,16 @@ class Session:
 
     def hangup(self) -> None:
         """The caller hung up: close with 1000 now; ``run()`` returns HANGUP."""
-        self._request_stop(EndReason.CALLER_HANGUP, 1000, "caller hung up")
+        self._end(EndReason.CALLER_HANGUP, "caller hung up", (1000, "caller hung up"))
 
     def shutdown(self) -> None:
         """The server is going away: close with 1001; ``run()`` returns FAILED/SHUTDOWN."""
-        self._request_stop(EndReason.SHUTDOWN, 1001, "server shutting down")
+        self._end(EndReason.SHUTDOWN, "server shutting down", (1001, "server shutting down"))
 
     def end(self, reason: EndReason, detail: str) -> None:
         """We end the conversation (a transfer or hangup tool): close with 1000 now;
         ``run()`` returns ``reason`` (TRANSFER, or COMPLETED for agent_ended_call)."""
-        self._stop_detail = detail
-        self._request_stop(reason, 1000, detail[:100])
+        self._end(reason, detail, (1000, detail[:100]))
 
     # ------------------------------------------------------------------ run
 
@@ -395,51 +381,86 @@ class Session:
         self.log.debug("%s: starting conversation with agent %s", self._tag, self.config.agent_id)
         own_http: aiohttp.ClientSession | None = None
         try:
-            try:
-                initiation = self._initiation()
-                if self._http is None:
-                    own_http = aiohttp.ClientSession()
-                url = await self._until_stopped(self._signed_url(self._http or own_http))
-                ws = None if url is None else await self._until_stopped(self._connect(url))
-                if ws is None:
-                    result = self._stopped_result(None)
-                else:
-                    result = await self._conversation(ws, initiation, url or "")
-            except _Failure as exc:
-                result = self._result(exc.reason, None, exc.detail)
-            except asyncio.CancelledError:
-                await self._abort()
-                raise
-            except Exception as exc:  # a bug of ours must not take the loop down
-                self.log.exception("%s: internal error in the ConvAI session", self._tag)
-                result = self._result(EndReason.SERVER_ERROR, None, f"internal error: {exc!r}")
+            initiation = self._initiation()
+            if self._http is None:
+                own_http = aiohttp.ClientSession()
+            url = await self._until_ended(self._signed_url(self._http or own_http))
+            ws = None if url is None else await self._until_ended(self._connect(url))
+            if ws is not None:
+                await self._conversation(ws, initiation, url or "")
+        except _Failure as exc:
+            self._end(exc.reason, exc.detail)
+        except asyncio.CancelledError:
+            self._end(EndReason.SHUTDOWN, "cancelled")
+            await self._abort()
+            raise
+        except Exception as exc:  # a bug of ours must not take the loop down
+            self.log.exception("%s: internal error in the ConvAI session", self._tag)
+            self._end(EndReason.SERVER_ERROR, f"internal error: {exc!r}")
         finally:
-            self._done = True
             await self._cleanup(own_http)
+            self._end(EndReason.SERVER_ERROR, "internal error: no end was decided")  # a guard
+            self._to(Phase.DONE)
+        result = self._result()
         self._log_end(result)
         return result
 
-    async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
-        """Run ``coro`` unless hangup()/shutdown() comes first (then None)."""
-        if self._stop_reason is not None:
+    # ------------------------------------------------------------------ phases
+
+    def _to(self, phase: Phase) -> None:
+        """Move to TALKING or DONE (CLOSING is entered by ``_end`` only); the machine
+        itself, and what each phase allows, is lifecycle.py."""
+        old = self._life.phase
+        self._life.to(phase)
+        self.log.debug("%s: %s -> %s", self._tag, old.value, phase.value)
+        if phase is Phase.TALKING:
+            self.started_at = time.monotonic()
+
+    def _end(self, reason: EndReason, detail: str, close: tuple[int, str] | None = None) -> None:
+        """Decide why the conversation ends and move to CLOSING; the first decision stands.
+
+        Every end goes through here: hangup(), shutdown(), failures, the server's close.
+        ``close`` is the close frame to send (code, reason); without one the socket is
+        either gone already or closed by ``_cleanup``."""
+        old = self._life.phase
+        if not self._life.end(reason, detail, close):
+            return
+        self.log.debug("%s: %s -> closing (%s)", self._tag, old.value, reason.value)
+        self._ended.set()
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
+        if close is not None and self._ws is not None:
+            self._spawn(self._close_ws(self._ws, *close))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _until_ended(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        """Run ``coro`` unless the end is decided first, e.g. by hangup() (then None)."""
+        if not self._life.live:
             coro.close()
             return None
         task = asyncio.ensure_future(coro)
-        stop = asyncio.ensure_future(self._stop_evt.wait())
+        ended = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
+            ended.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        if self._stop_reason is None:
+        if self._life.live:
             return task.result()
         if not task.cancelled() and task.exception() is None:
             leftover = task.result()
-            if isinstance(leftover, ClientConnection):  # connected just as the caller left
-                await self._close_ws(leftover, 1000, "caller hung up")
+            ending = self._life.ending
+            close = ending.close if ending is not None and ending.close else (1000, "")
+            if isinstance(leftover, ClientConnection):  # connected just as the end came
+                await self._close_ws(leftover, *close)
         return None
 
     def _initiation(self) -> str:
@@ -607,35 +628,43 @@ class Session:
             self._scrub(f"agent [{cfg.name}]: cannot connect to {redact_url(url)}: {problem}"),
         )
 
-    async def _conversation(self, ws: ClientConnection, initiation: str, url: str) -> SessionResult:
+    async def _conversation(self, ws: ClientConnection, initiation: str, url: str) -> None:
+        """Read until the connection closes; the end is decided on the way (``_end``)."""
         self._ws = ws
-        if self._stop_reason is not None:  # hangup() raced the handshake
-            await self._close_ws(ws, 1000, "caller hung up")
         self.log.debug("%s: connected to %s", self._tag, redact_url(url))
-        writer = asyncio.get_running_loop().create_task(self._writer(ws, initiation))
-        self._tasks.add(writer)
+        self._spawn(self._writer(ws, initiation))
         deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
         while True:
+            waiting = self._life.phase is Phase.CONNECTING
             try:
-                if self._started:
+                async with asyncio.timeout_at(deadline if waiting else None):
                     raw = await ws.recv()
-                else:
-                    async with asyncio.timeout_at(deadline):
-                        raw = await ws.recv()
             except TimeoutError:
-                await self._close_ws(ws, 1000, "no conversation metadata")
-                raise _Failure(
+                self._end(
                     EndReason.CONNECT_FAILED,
                     f"agent [{self.config.name}]: no conversation_initiation_metadata within"
                     f" {self.config.connect_timeout:g} s",
-                ) from None
+                    (1000, "no conversation metadata"),
+                )
+                continue
             except ConnectionClosed as exc:
-                self._ws_closed = True
-                return self._closed_result(exc)
-            self._process(raw)
-            if self._fatal is not None:
-                await self._close_ws(ws, 1000, "unsupported audio format")
-                raise self._fatal
+                self._on_closed(exc)
+                return
+            if self._life.live:  # once the end is decided, nothing the server says counts
+                self._process(raw)
+
+    def _on_closed(self, exc: ConnectionClosed) -> None:
+        rcvd, sent = exc.rcvd, exc.sent
+        self._life.close_code = rcvd.code if rcvd else sent.code if sent else None
+        reason, detail = close_outcome(
+            rcvd=(rcvd.code, rcvd.reason) if rcvd else None,
+            sent=(sent.code, sent.reason) if sent else None,
+            we_closed_first=sent is not None and (rcvd is None or exc.rcvd_then_sent is False),
+            error=self._proto.last_error,
+            saw_end_call=self._proto.saw_end_call,
+            max_message_bytes=self.config.max_message_bytes,
+        )
+        self._end(reason, detail)  # a no-op when we had decided already (hangup, ...)
 
     async def _writer(self, ws: ClientConnection, initiation: str) -> None:
         """The only sender, so frames keep their order; control frames jump the audio."""
@@ -652,13 +681,14 @@ class Session:
                         await ws.send(text)
                         self.bytes_up += n
         except ConnectionClosed:
-            self._ws_closed = True  # the reader sees the close and reports it
-        except Exception:
+            pass  # the reader sees the close and reports it
+        except Exception as exc:
             self.log.exception("%s: cannot send to the agent", self._tag)
-            await self._close_ws(ws, 1011, "client error")
+            detail = f"cannot send to the agent: {type(exc).__name__}: {exc}"
+            self._end(EndReason.SERVER_ERROR, detail, (1011, "client error"))
 
     def _send_ctl(self, text: str) -> None:
-        if self._done or self._stop_reason is not None:
+        if not self._life.live:
             return
         self._ctl.append(text)
         self._wake.set()
@@ -666,16 +696,6 @@ class Session:
     async def _close_ws(self, ws: ClientConnection, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await ws.close(code, reason)
-
-    def _request_stop(self, reason: EndReason, code: int, text: str) -> None:
-        if self._done or self._stop_reason is not None:
-            return
-        self._stop_reason = reason
-        self._stop_evt.set()
-        if self._ws is not None:
-            task = asyncio.get_running_loop().create_task(self._close_ws(self._ws, code, text))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def _abort(self) -> None:
         """run() was cancelled: say goodbye briefly, then let the cancellation through."""
@@ -716,13 +736,12 @@ class Session:
     def _dispatch(self, ev: Event) -> None:
         h = self.handler
         if isinstance(ev, Audio):
-            if not self._started:
+            if self._life.phase is Phase.CONNECTING:
                 if not self._warned_early_audio:
                     self._warned_early_audio = True
                     self.log.warning("%s: agent audio before the metadata; dropped", self._tag)
             elif ev.audio:
                 self.bytes_down += len(ev.audio)
-                self._since_interrupt.append(ev.event_id)
                 self._callback(h.on_audio, ev.event_id, ev.audio)
         elif isinstance(ev, Ping):
             if ev.ping_ms is not None:
@@ -734,20 +753,10 @@ class Session:
                     self.log.debug("%s: %s", self._tag, line)
         elif isinstance(ev, Interruption):
             self._on_interruption(ev)
-        elif isinstance(ev, StaleAudio):
-            self.log.debug(
-                "%s: dropping late audio chunk with event_id=%d (<%d), %d bytes",
-                self._tag,
-                ev.event_id,
-                ev.interrupt_id,
-                ev.size,
-            )
         elif isinstance(ev, ConversationInitiationMetadata):
             self._on_metadata(ev)
         elif isinstance(ev, ClientToolCall):
-            task = asyncio.get_running_loop().create_task(self._run_tool(ev))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._run_tool(ev))
         elif isinstance(ev, ErrorEvent):
             self.log.warning(
                 "%s: agent error %s (code %s): %s",
@@ -760,9 +769,7 @@ class Session:
             if ev.tool_name == "end_call" and not ev.full_payload:
                 self.log.info("%s: the agent ended the call", self._tag)
         elif isinstance(ev, MalformedMessage):
-            self.log.warning(
-                "%s: skipping malformed server message: %s: %s", self._tag, ev.error, ev.excerpt
-            )
+            self._on_malformed(ev)
         elif isinstance(ev, UnknownMessage):
             self.log.debug("%s: ignoring unknown server message type %r", self._tag, ev.type[:64])
         self._callback(h.on_event, ev)
@@ -773,8 +780,20 @@ class Session:
         except Exception:
             self.log.exception("%s: error in %s", self._tag, getattr(fn, "__name__", fn))
 
+    def _on_malformed(self, ev: MalformedMessage) -> None:
+        self.log.warning(
+            "%s: skipping malformed server message: %s: %s", self._tag, ev.error, ev.excerpt
+        )
+        if ev.type == "conversation_initiation_metadata" and self._life.phase is Phase.CONNECTING:
+            # Without usable metadata there is no conversation: fail now, not at the timeout.
+            self._end(
+                EndReason.CONNECT_FAILED,
+                f"agent [{self.config.name}]: malformed conversation metadata: {ev.error}",
+                (1000, "malformed conversation metadata"),
+            )
+
     def _on_metadata(self, ev: ConversationInitiationMetadata) -> None:
-        if self._started:
+        if self._life.phase is not Phase.CONNECTING:
             self.log.warning("%s: duplicate conversation metadata ignored", self._tag)
             return
         bad = [
@@ -783,16 +802,15 @@ class Session:
             if f not in self._formats
         ]
         if bad:
-            self._fatal = _Failure(
-                EndReason.UNSUPPORTED_FORMAT,
+            detail = (
                 f"agent [{self.config.name}] uses audio format {', '.join(sorted(set(bad)))}"
                 f" (input {ev.user_input_audio_format}, output {ev.agent_output_audio_format});"
-                f" supported: {', '.join(sorted(self._formats))}",
+                f" supported: {', '.join(sorted(self._formats))}"
             )
-            self.log.error("%s: %s", self._tag, self._fatal.detail)
+            self.log.error("%s: %s", self._tag, detail)
+            self._end(EndReason.UNSUPPORTED_FORMAT, detail, (1000, "unsupported audio format"))
             return
-        self._started = True
-        self.started_at = time.monotonic()
+        self._to(Phase.TALKING)
         fmt = AUDIO_FORMATS[ev.user_input_audio_format]
         ms = min(max(self.config.audio_frames_buffer_ms, 20), 2000)
         self._chunk_bytes = max(protocol.bytes_for_ms(fmt.name, ms), fmt.sample_width)
@@ -809,7 +827,7 @@ class Session:
             ev.conversation_id, ev.user_input_audio_format, ev.agent_output_audio_format
         )
         self._callback(self.handler.on_started, started)
-        if self._stop_reason is not None:
+        if self._life.ending is not None:  # on_started hung up
             return
         keep = protocol.bytes_for_ms(fmt.name, PRESTART_MS)
         excess = len(self._prestart) - keep
@@ -822,16 +840,11 @@ class Session:
             self._flush_dtmf()
 
     def _on_interruption(self, ev: Interruption) -> None:
+        # What to drop is the down ring's decision (protocol.py, "Interruption rule"); the
+        # host logs what it dropped.
         self.interruptions += 1
+        self.log.debug("%s: interruption, event_id=%d", self._tag, ev.event_id)
         self._callback(self.handler.on_interruption, ev.event_id)
-        # What we handed over since the last interruption; the host's ring knows better
-        # what was still queued, so it may log its own view instead (log_interruptions).
-        removed = [i for i in self._since_interrupt if i < ev.event_id]
-        kept = [i for i in self._since_interrupt if i >= ev.event_id]
-        self._since_interrupt = collections.deque(kept, maxlen=512)
-        if self._log_interruptions and self.log.isEnabledFor(logging.DEBUG):
-            for line in protocol.format_interruption(ev.event_id, removed, len(kept)):
-                self.log.debug("%s: %s", self._tag, line)
 
     async def _run_tool(self, call: ClientToolCall) -> None:
         if self.tools is None or call.tool_name not in self.tools:
@@ -858,7 +871,7 @@ class Session:
 
     def _flush_dtmf(self) -> None:
         self._dtmf_timer = None
-        if not self._dtmf or not self._started:
+        if not self._dtmf or self._life.phase is not Phase.TALKING:
             return  # sent once the conversation starts
         keys, self._dtmf = "".join(self._dtmf), []
         self.log.debug("%s: DTMF %s sent to the agent", self._tag, keys)
@@ -874,70 +887,20 @@ class Session:
                 text = text.replace(secret, REDACTED)
         return text
 
-    def _result(self, reason: EndReason, close_code: int | None, detail: str) -> SessionResult:
-        if reason == EndReason.CALLER_HANGUP:
-            status = STATUS_HANGUP
-        elif reason == EndReason.TRANSFER:
-            status = STATUS_TRANSFER
-        elif reason in _COMPLETED_REASONS:
-            status = STATUS_COMPLETED
-        else:
-            status = STATUS_FAILED
-        return SessionResult(status, reason, self.conversation_id, close_code, self._scrub(detail))
-
-    def _stopped_result(self, close_code: int | None) -> SessionResult:
-        reason = self._stop_reason or EndReason.CALLER_HANGUP
-        detail = self._stop_detail or (
-            "caller hung up" if reason == EndReason.CALLER_HANGUP else "server shutting down"
-        )
-        return self._result(reason, close_code, detail)
-
-    def _closed_result(self, exc: ConnectionClosed) -> SessionResult:
-        rcvd = exc.rcvd
-        code = rcvd.code if rcvd is not None else None
-        if self._stop_reason is not None:
-            if code is None and exc.sent is not None:
-                code = exc.sent.code
-            return self._stopped_result(code)
-        sent = exc.sent
-        if sent is not None and (rcvd is None or exc.rcvd_then_sent is False):
-            return self._failed_by_us(sent.code, sent.reason)
-        error = self._proto.last_error
-        reason = protocol.end_reason(code, error, self._proto.saw_end_call)
-        if error is not None and (error.error_type or error.message):
-            detail = f"{error.error_type or 'error'}: {error.message or ''}".rstrip(": ")
-        elif reason == EndReason.AGENT_ENDED_CALL:
-            detail = "the agent ended the call"
-        elif rcvd is not None:
-            detail = f"server closed the connection with {rcvd.code}" + (
-                f" ({rcvd.reason})" if rcvd.reason else ""
-            )
-        else:
-            detail = "connection lost without a close frame"
-        return self._result(reason, code, detail)
-
-    def _failed_by_us(self, code: int, why: str) -> SessionResult:
-        """websockets closed the connection itself (we did not ask): the server broke the
-        protocol. The close we sent names the cause; no close frame came back (reset)."""
-        if code == 1011 and "keepalive" in why:
-            return self._result(
-                EndReason.NETWORK_LOSS, code, f"the server stopped answering pings ({why})"
-            )
-        if code == 1009:
-            limit = self.config.max_message_bytes
-            return self._result(
-                EndReason.MESSAGE_TOO_BIG,
-                code,
-                f"the server sent a message over the {limit}-byte limit"
-                f" ({limit / 2**20:g} MiB); closed with 1009 ({why})",
-            )
-        return self._result(
-            EndReason.SERVER_ERROR, code, f"closed the connection with {code} ({why})"
+    def _result(self) -> SessionResult:
+        out = self._life.outcome()
+        return SessionResult(
+            out.status,
+            out.reason,
+            self.conversation_id,
+            out.close_code,
+            self._scrub(out.detail),
+            out.play_out,
         )
 
     def _log_end(self, result: SessionResult) -> None:
         # Asterisk logs every end; a failure's cause is only known here, so it stays visible.
-        level = logging.DEBUG if result.status != STATUS_FAILED else logging.WARNING
+        level = logging.DEBUG if result.status is not Status.FAILED else logging.WARNING
         self.log.log(
             level,
             "%s: conversation %s ended: %s/%s (close code %s) after %.1f s: %s",

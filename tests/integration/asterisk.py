@@ -137,22 +137,22 @@ _reserved: set[int] = set()
 _reserved_lock = threading.Lock()
 
 
-def _bindable(port: int, kind: int) -> bool:
+def _bindable(port: int, kind: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, kind) as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def free_port(udp: bool = True, tcp: bool = False) -> int:
-    """A port on 127.0.0.1 that is free for the given protocols and not handed out before."""
+def free_port(udp: bool = True, tcp: bool = False, host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that is free for the given protocols and not handed out before."""
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             port = int(s.getsockname()[1])
-        if udp and tcp and not _bindable(port, socket.SOCK_STREAM):
+        if udp and tcp and not _bindable(port, socket.SOCK_STREAM, host):
             continue
         with _reserved_lock:
             if port in _reserved:
@@ -162,15 +162,18 @@ def free_port(udp: bool = True, tcp: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
-def free_port_range(count: int, lo: int = 20000, hi: int = 60000) -> tuple[int, int]:
-    """An even-aligned range of ``count`` UDP ports, all free now and not handed out before."""
+def free_port_range(
+    count: int, lo: int = 20000, hi: int = 60000, host: str = "127.0.0.1"
+) -> tuple[int, int]:
+    """An even-aligned range of ``count`` UDP ports on ``host``, all free now and not handed
+    out before."""
     for _ in range(500):
         start = random.randrange(lo, hi - count) & ~1
         ports = range(start, start + count)
         with _reserved_lock:
             if any(p in _reserved for p in ports):
                 continue
-            if all(_bindable(p, socket.SOCK_DGRAM) for p in ports):
+            if all(_bindable(p, socket.SOCK_DGRAM, host) for p in ports):
                 _reserved.update(ports)
                 return start, start + count - 1
     raise RuntimeError("no free port range")
@@ -186,14 +189,16 @@ def pjsip_conf(
     context: str = "test",
     endpoint: str = "sipp",
     extra: str = "",
+    bind_ip: str = "127.0.0.1",
 ) -> str:
-    """A pjsip.conf: udp transport on 127.0.0.1:sip_port and an endpoint matched by IP."""
+    """A pjsip.conf: udp transport on bind_ip:sip_port (RTP binds there too) and an endpoint
+    matched by IP (127.0.0.1)."""
     codecs = allow if isinstance(allow, str) else ",".join(allow)
     return f"""\
 [transport-udp]
 type = transport
 protocol = udp
-bind = 127.0.0.1:{sip_port}
+bind = {bind_ip}:{sip_port}
 
 [{endpoint}]
 type = endpoint
@@ -237,6 +242,7 @@ class Asterisk:
         sip_allow: str | Iterable[str] = "ulaw",
         env: Mapping[str, str] | None = None,
         options: str = "",
+        bind_ip: str = "127.0.0.1",
     ) -> None:
         """
         base_dir: an empty (or absent) directory the instance owns.
@@ -251,6 +257,9 @@ class Asterisk:
         sip_allow: codecs of the default pjsip.conf endpoint.
         env: extra environment for the asterisk process.
         options: extra lines for asterisk.conf [options].
+        bind_ip: the loopback address the instance is a host of: its SIP transport (and so its
+            RTP: chan_pjsip binds RTP to the transport's address) and AMI bind there, and its
+            ports are chosen free on it (tests/cluster runs several nodes on 127.0.0.x).
         """
         self.base = Path(base_dir).resolve()
         self.name = f"ast{next(self._counter)}"
@@ -265,10 +274,11 @@ class Asterisk:
         self.sip_allow = sip_allow
         self.env = dict(env or {})
         self.options = options
+        self.bind_ip = bind_ip
 
-        self.ami_port = free_port(udp=False, tcp=True)
-        self.sip_port = free_port(udp=True, tcp=True)
-        self.rtp_start, self.rtp_end = free_port_range(100)
+        self.ami_port = free_port(udp=False, tcp=True, host=bind_ip)
+        self.sip_port = free_port(udp=True, tcp=True, host=bind_ip)
+        self.rtp_start, self.rtp_end = free_port_range(100, host=bind_ip)
         self.ami_user, self.ami_secret = "test", "test"
 
         self.etc = self.base / "etc"
@@ -290,7 +300,8 @@ class Asterisk:
     # --- configuration ------------------------------------------------------------------------
 
     def pjsip_conf(self, allow: str | Iterable[str] | None = None, extra: str = "") -> str:
-        return pjsip_conf(self.sip_port, self.sip_allow if allow is None else allow, extra=extra)
+        codecs = self.sip_allow if allow is None else allow
+        return pjsip_conf(self.sip_port, codecs, extra=extra, bind_ip=self.bind_ip)
 
     def _generated(self) -> dict[str, str]:
         b = self.base
@@ -334,7 +345,7 @@ class Asterisk:
             "[general]\n"
             "enabled = yes\n"
             f"port = {self.ami_port}\n"
-            "bindaddr = 127.0.0.1\n"
+            f"bindaddr = {self.bind_ip}\n"
             "webenabled = no\n"
             f"\n[{self.ami_user}]\n"
             f"secret = {self.ami_secret}\n"
@@ -604,7 +615,7 @@ class Asterisk:
     def ami(self, timeout: float = 10.0, events: bool = True) -> AMI:
         """A logged-in AMI client (close it, or use it as a context manager)."""
         return AMI(
-            "127.0.0.1", self.ami_port, self.ami_user, self.ami_secret, timeout=timeout,
+            self.bind_ip, self.ami_port, self.ami_user, self.ami_secret, timeout=timeout,
             events=events,
         )  # fmt: skip
 

@@ -74,13 +74,28 @@ def elevenlabs_conf(
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., Simulator]]:
     """``make(scenario=None, **Simulator kwargs) -> Simulator``: a running simulator (own loop
-    in a thread), stopped at teardown; e.g. ``ssl_context=`` for https/wss."""
+    in a thread), stopped at teardown; e.g. ``ssl_context=`` for https/wss.
+
+    Every message either way is checked against ElevenLabs' AsyncAPI contract
+    (convai.sim.contract): a violation by the module or by the simulator fails the test."""
+    made: list[Simulator] = []
     with ExitStack() as stack:
 
         def make(scenario: Scenario | None = None, **kwargs: Any) -> Simulator:
-            return stack.enter_context(Simulator(scenario, **kwargs).run_in_thread())
+            sim = stack.enter_context(Simulator(scenario, **kwargs).run_in_thread())
+            made.append(sim)
+            return sim
 
         yield make
+    violations = [
+        f"{rec.conversation_id}: {v}"
+        for sim in made
+        for rec in sim.conversations
+        for v in rec.contract_violations
+    ]
+    if violations:
+        head = f"{len(violations)} message(s) off ElevenLabs' contract:"
+        pytest.fail("\n".join([head, *violations[:20]]), pytrace=False)
 
 
 @pytest.fixture

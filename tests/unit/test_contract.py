@@ -1,104 +1,121 @@
-"""The C<->Python contract (c/convai_shared.h): the codec, the shared tables and the parts of
-the cffi definitions that are not generated from the header. Each test fails on drift."""
+"""ElevenLabs' AsyncAPI contract in the simulator (convai.sim.contract): the JSON copy is the
+YAML file, the validator enforces what the schemas say, and the simulator records every
+message off the contract in either direction."""
 
 from __future__ import annotations
 
-import re
-import sys
+import asyncio
+import base64
+import json
+from typing import Any
 
 import pytest
-from native import ROOT, load
+from test_sim import audio_msg, caller_speech, conversation, quick
 
-native = load()
-ffi, lib = native.ffi, native.lib
-
-from convai import audio, contract, protocol, session  # noqa: E402  (needs convai._native)
-
-sys.path.insert(0, str(ROOT / "python" / "convai"))
-import _native_build  # type: ignore[import-not-found]  # noqa: E402
-
-sys.path.pop(0)
-
-HEADERS = [ROOT / "c" / "convai_shared.h", ROOT / "c" / "convai_ring.h"]
+from convai.sim import Simulator, contract
 
 
-def test_every_command_has_its_record_and_c_knows_its_size() -> None:
-    kinds = dict(ffi.typeof("enum convai_cmd_type").relements)
-    assert {"CONVAI_CMD_STARTED", "CONVAI_CMD_END", "CONVAI_CMD_HANGUP"} <= set(kinds)
-    for name, kind in kinds.items():
-        struct = f"struct {name.lower()}"
-        assert contract.COMMANDS[kind] == struct
-        assert lib.convai_cmd_size(kind) == ffi.sizeof(struct) > 0, name
-        assert ffi.sizeof(struct) <= lib.CONVAI_CMD_BYTES, name
-        # Python -> C types are 1..99, C -> Python ones 101..: one numbering, two directions.
-        assert 1 <= kind <= 99 or kind >= 101, name
-    assert lib.convai_cmd_size(999) == 0
-
-
-def test_every_end_reason_and_status_has_a_code_in_c() -> None:
-    missing = [r.value for r in protocol.EndReason if r.value not in contract.REASONS]
-    assert not missing, f"add these to enum convai_reason in c/convai_shared.h: {missing}"
-    statuses = [v for k, v in vars(session).items() if k.startswith("STATUS_")]
-    assert statuses and all(s in contract.STATUSES for s in statuses), statuses
-    assert len(set(contract.REASONS.values())) == len(contract.REASONS)
-
-
-def test_formats_agree_with_the_protocol_and_the_audio_helpers() -> None:
-    assert set(contract.FORMATS) == {"ulaw_8000", "pcm_8000", "pcm_16000"}
-    for name, fmt in contract.FORMATS.items():
-        spec = protocol.AUDIO_FORMATS[name]
-        assert (fmt.sample_rate, fmt.frame_bytes) == (spec.sample_rate, spec.frame_bytes)
-        assert audio.silence(name, 20) == bytes([fmt.silence]) * fmt.frame_bytes
-    assert lib.convai_format(lib.CONVAI_FMT_NONE) == ffi.NULL
-    assert lib.convai_format(lib.CONVAI_FMT_MAX) == ffi.NULL
-
-
-def _signature(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"\s*([(),*])\s*", r"\1", text)).strip()
-
-
-def test_the_hand_written_prototypes_match_the_headers() -> None:
-    defined = {}
-    for header in HEADERS:
-        for m in re.finditer(
-            r"^static inline ([^{;]*?\b(convai_\w+)\([^)]*\))\s*\{", header.read_text(), re.M
-        ):
-            defined[m.group(2)] = _signature(m.group(1))
-    proto = r"^([^#\n][^;{]*?\b(convai_\w+)\([^)]*\));"
-    declared = re.findall(proto, _native_build.CDEF_REST, re.M)
-    assert len(declared) > 10
-    for text, name in declared:
-        assert name in defined, f"{name} is declared for cffi but not defined in the headers"
-        assert _signature(text) == defined[name], name
-
-
-def test_the_generated_part_comes_from_the_header() -> None:
-    block = _native_build.shared_block()
-    for name in ("CONVAI_ABI_VERSION", "enum convai_cmd_type", "struct convai_cmd_started"):
-        assert name in block
-    assert "_Atomic" not in block and "static inline" not in block
-
-
-def test_encode_cuts_strings_at_a_character_boundary() -> None:
-    rec = contract.encode(
-        lib.CONVAI_CMD_STARTED, in_format=1, out_format=3, conversation_id="é" * 200
+def test_the_json_copy_is_made_from_the_yaml_file_beside_it() -> None:
+    doc = json.loads(contract.JSON_FILE.read_text())
+    assert doc["x-convai-generated-from"]["sha256"] == contract.yaml_sha256(), (
+        "agent.asyncapi.yaml changed: regenerate agent.asyncapi.json (see convai.sim.contract)"
     )
-    conv = contract.text(rec.conversation_id)
-    assert conv == "é" * 64  # 128 bytes: the 129th would split a character
-    assert rec.in_format == 1 and rec.out_format == 3
-    with pytest.raises(AttributeError):
-        contract.encode(lib.CONVAI_CMD_END, bogus=1)
+    assert "MIT License" in (contract.HERE / "LICENSE").read_text()
 
 
-def test_decode_checks_the_size() -> None:
-    buf = ffi.new("uint32_t[]", 256)
-    assert contract.decode(lib.CONVAI_CMD_DTMF, buf, 1) is not None
-    assert contract.decode(lib.CONVAI_CMD_DTMF, buf, 2) is None
-    assert contract.decode(4242, buf, 1) is None
+def test_every_message_type_of_both_sides_is_known() -> None:
+    c = contract.load()
+    assert {None, "pong", "conversation_initiation_client_data", "user_message"} <= set(
+        c.client_types
+    )
+    assert {"audio", "ping", "interruption", "conversation_initiation_metadata"} <= set(
+        c.server_types
+    )
 
 
 @pytest.mark.parametrize(
-    ("event_id", "ring"), [(2**63, 2**32 - 1), (2**32, 2**32 - 1), (-5, 0), (7, 7)]
+    ("side", "msg", "error"),
+    [
+        ("client", {"type": "pong", "event_id": "3"}, 'pong.event_id: "3" is not of type'),
+        ("client", {"type": "pong"}, "required 'event_id' is missing"),
+        ("client", {"type": "user_message", "text": 5}, "user_message.text: 5 is not of type"),
+        ("client", {"type": "audio"}, "type 'audio' is not a client message"),
+        ("client", {"text": "no type"}, "type None is not a client message"),
+        ("client", [1, 2], "must be an object"),
+        ("server", {"type": "audio", "audio_event": {"event_id": 1}}, "'audio_base_64'"),
+        ("server", {"type": "ping", "ping_event": {"event_id": True}}, "is not of type integer"),
+        ("server", {"type": "pong", "event_id": 1}, "type 'pong' is not a server message"),
+        (
+            "server",
+            {"type": "vad_score", "vad_score_event": {"vad_score": 1.5}},
+            "1.5 > maximum 1",
+        ),
+    ],
 )
-def test_ring_ids_are_clamped(event_id: int, ring: int) -> None:
-    assert contract.ring_id(event_id) == ring
+def test_the_validator_names_what_is_wrong(side: str, msg: Any, error: str) -> None:
+    c = contract.load()
+    errors = c.client_message(msg) if side == "client" else c.server_message(msg)
+    assert any(error in e for e in errors), errors
+
+
+def test_valid_messages_pass() -> None:
+    c = contract.load()
+    assert c.client_message({"user_audio_chunk": "AAAA"}) == []
+    assert c.client_message({"type": "pong", "event_id": 7}) == []
+    assert c.server_message({"type": "ping", "ping_event": {"event_id": 1, "ping_ms": None}}) == []
+
+
+def test_an_unknown_schema_keyword_refuses_to_load() -> None:
+    doc = json.loads(contract.JSON_FILE.read_text())
+    doc["components"]["schemas"]["PongPayload"]["pattern"] = "^x$"
+    with pytest.raises(ValueError, match="does not enforce: \\['pattern'\\]"):
+        contract.Contract(doc)
+
+
+def test_the_simulator_records_violations_both_ways() -> None:
+    """A whole conversation (the caller's turn, a transcript, a reply, pings) is clean; a client
+    message off the contract is recorded as an "in" violation."""
+
+    async def go() -> list[str]:
+        sc = quick(greeting="", replies=["Sure."], ping_interval=0.05)
+        async with Simulator(sc) as sim, conversation(sim) as c:
+            speech = caller_speech(sc.input_format, 1.0)
+            for i in range(0, len(speech), 160):
+                await c.ws.send(audio_msg(speech[i : i + 160]))
+            await c.ws.send(audio_msg(b"\xff" * 5600))
+            await c.wait(lambda: c.of("agent_response") and c.of("audio"))
+            await c.wait_type("ping", 2)
+            rec = sim.conversations[0]
+            assert rec.contract_violations == [], rec.contract_violations
+            await c.ws.send(json.dumps({"type": "pong", "event_id": "late"}))
+            await c.ws.send(json.dumps({"type": "user_activity", "text": "x"}))
+            await asyncio.sleep(0.2)
+            return list(rec.contract_violations)
+
+    violations = asyncio.run(go())
+    assert violations and all(v.startswith("in: ") for v in violations), violations
+    assert any('pong.event_id: "late" is not of type integer' in v for v in violations)
+
+
+def test_the_check_can_be_switched_off() -> None:
+    async def go() -> list[str]:
+        async with Simulator(quick(greeting=""), check_contract=False) as sim:
+            async with conversation(sim) as c:
+                await c.ws.send(json.dumps({"type": "pong", "event_id": "x"}))
+                await asyncio.sleep(0.2)
+            return sim.conversations[0].contract_violations
+
+    assert asyncio.run(go()) == []
+
+
+def test_audio_chunks_are_checked_too() -> None:
+    """_send_chunk builds its text by hand: it is checked all the same (one per chunk)."""
+
+    async def go() -> int:
+        async with Simulator(quick(greeting="Hello there.")) as sim, conversation(sim) as c:
+            await c.wait(lambda: c.of("audio"))
+            data = base64.b64decode(c.of("audio")[0]["audio_event"]["audio_base_64"])
+            assert data
+            return len(sim.conversations[0].contract_violations)
+
+    assert asyncio.run(go()) == 0

@@ -18,6 +18,7 @@ native = load()
 ffi, lib = native.ffi, native.lib
 
 from convai import contract, host  # noqa: E402  (needs convai._native)
+from convai.lifecycle import Status  # noqa: E402
 from convai.protocol import ClientToolCall, EndReason  # noqa: E402
 from convai.session import SessionResult, Started  # noqa: E402
 
@@ -161,8 +162,8 @@ def test_stale_audio_is_judged_by_the_ring_watermark_alone(call: Call) -> None:
     assert [ev for ev, _ in call.play(5)] == [5]
 
 
-def _result(status: str, reason: EndReason) -> SessionResult:
-    return SessionResult(status, reason, "conv_1", 1000, "")
+def _result(status: Status, reason: EndReason) -> SessionResult:
+    return SessionResult(status, reason, "conv_1", 1000, "", play_out=True)
 
 
 def test_the_end_reaches_c_even_when_the_play_out_raises(
@@ -172,7 +173,7 @@ def test_the_end_reaches_c_even_when_the_play_out_raises(
     bridge.backlog.append((1, 0, b"\x00" * ULAW))
 
     async def run() -> SessionResult:
-        return _result("COMPLETED", EndReason.AGENT_ENDED_CALL)
+        return _result(Status.COMPLETED, EndReason.AGENT_ENDED_CALL)
 
     def broken() -> None:
         raise OverflowError("integer 9223372036854775808 does not fit '32-bit unsigned int'")
@@ -182,9 +183,10 @@ def test_the_end_reaches_c_even_when_the_play_out_raises(
     call.loop.run_until_complete(bridge._run())
     ((kind, rec),) = call.commands()
     assert kind == lib.CONVAI_CMD_END
-    assert (rec.status, rec.reason) == (
+    assert (rec.status, rec.reason, rec.play_out) == (
         lib.CONVAI_STATUS_COMPLETED,
         lib.CONVAI_REASON_AGENT_ENDED_CALL,
+        1,
     )
     assert bridge.phase is host.Phase.DONE and call.released == [call.sess]
 
@@ -201,7 +203,11 @@ def test_a_session_that_raises_ends_the_call_failed(
     call.loop.run_until_complete(bridge._run())
     ((kind, rec),) = call.commands()
     assert kind == lib.CONVAI_CMD_END
-    assert (rec.status, rec.reason) == (lib.CONVAI_STATUS_FAILED, lib.CONVAI_REASON_SERVER_ERROR)
+    assert (rec.status, rec.reason, rec.play_out) == (
+        lib.CONVAI_STATUS_FAILED,
+        lib.CONVAI_REASON_SERVER_ERROR,
+        0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -220,7 +226,7 @@ def test_hangup_from_c_stops_the_session_and_nothing_more_goes_to_c(
     call.to_py(lib.CONVAI_CMD_HANGUP, reason=reason)
     bridge._on_up()
     assert seen == [method] and bridge.phase is host.Phase.DONE
-    bridge._end("COMPLETED", EndReason.COMPLETED)
+    bridge._end(Status.COMPLETED, EndReason.COMPLETED, True)
     assert call.commands() == []
 
 

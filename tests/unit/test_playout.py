@@ -29,15 +29,6 @@ def test_flush_pads_with_the_formats_silence() -> None:
     assert f.flush() == []
 
 
-def test_drop_below_discards_a_stale_tail_only() -> None:
-    f = Framer(frame_bytes=4, silence_byte=0)
-    f.feed(3, b"ab")
-    f.drop_below(3)
-    assert f.pending  # equal id is not stale
-    f.drop_below(4)
-    assert not f.pending
-
-
 @given(st.lists(st.tuples(st.integers(1, 4), st.binary(max_size=50)), max_size=30))
 def test_no_byte_lost_or_mixed(chunks: list[tuple[int, bytes]]) -> None:
     f = Framer(frame_bytes=8, silence_byte=0xAA)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from native import ROOT, load
 
 native = load()
@@ -73,6 +75,41 @@ def test_equal_event_id_plays() -> None:
     lib.convai_ring_drop_below(ring, 7)
     lib.convai_ring_push(ring, 7, b"reply", 5)
     assert pop(ring) == (7, b"reply")
+
+
+def test_stale_is_the_consumers_rule() -> None:
+    """convai_ring_stale(), which the producer asks before framing late audio, says exactly
+    what the consumer will skip: below the watermark, never at or above it."""
+    _mem, ring = make_ring(slots=16)
+    assert not lib.convai_ring_stale(ring, 0)  # no interruption yet: nothing is stale
+    lib.convai_ring_drop_below(ring, 7)
+    lib.convai_ring_drop_below(ring, 3)  # never lowered
+    for ev in (0, 6, 7, 8, 2**32 - 1):
+        lib.convai_ring_push(ring, ev, b"x", 1)
+    played = [pop(ring) for _ in range(4)]
+    assert [p[0] for p in played if p] == [7, 8, 2**32 - 1]
+    assert [ev for ev in (0, 6, 7, 8, 2**32 - 1) if lib.convai_ring_stale(ring, ev)] == [0, 6]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.tuples(st.sampled_from("aai"), st.integers(0, 12)), max_size=40))
+def test_interruption_rule_property(ops: list[tuple[str, int]]) -> None:
+    """For any sequence of audio and interruptions (late, equal, lower, never seen), what
+    the consumer plays is exactly the audio not older than the highest interruption at the
+    time it is popped, in order; the producer's stale check agrees."""
+    _mem, ring = make_ring(slots=64, slot_bytes=4)
+    highest, queued, played = 0, [], []
+    for kind, ev in ops:
+        if kind == "i":
+            lib.convai_ring_drop_below(ring, ev)
+            highest = max(highest, ev)
+            continue
+        assert bool(lib.convai_ring_stale(ring, ev)) == (ev < highest)
+        lib.convai_ring_push(ring, ev, b"a", 1)
+        queued.append(ev)
+    while (got := pop(ring)) is not None:
+        played.append(got[0])
+    assert played == [ev for ev in queued if ev >= highest]
 
 
 def test_watermark_never_moves_back() -> None:

@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from convai import protocol as p
-from convai.session import AgentConfig, CallInfo, Session, SessionResult, Started
+from convai.session import AgentConfig, CallInfo, Phase, Session, SessionResult, Started
 from convai.tools import ToolRegistry
 
 API_KEY = "sk_test_0123456789abcdefSECRETKEY"
@@ -518,6 +518,8 @@ def test_ping_pong_echo() -> None:
 
 
 def test_audio_and_interruption_equal_older_late_ids() -> None:
+    """The session hands over every chunk and interruption in order, with its id: which of
+    them plays is the down ring's decision (test_ring.py: the rule, as a property)."""
     frames = [
         audio(1, b"\x01" * 160),  # plays (before any interruption)
         audio(2, b"\x02" * 160),  # plays
@@ -533,15 +535,14 @@ def test_audio_and_interruption_equal_older_late_ids() -> None:
     assert out.rec.audio == [
         (1, b"\x01" * 160),
         (2, b"\x02" * 160),
+        (2, b"\x22" * 160),
         (3, b"\x03" * 160),
         (4, b"\x04" * 80),
+        (2, b"\x2f" * 160),
     ]
     assert out.rec.interrupts == [3, 2]
-    stale = [e for e in out.rec.events if isinstance(e, p.StaleAudio)]
-    assert stale == [p.StaleAudio(2, 160, 3), p.StaleAudio(2, 160, 3)]
     assert out.session.interruptions == 2
-    assert out.session.last_interrupt_id == 3
-    assert out.session.bytes_down == 160 * 3 + 80
+    assert out.session.bytes_down == 160 * 5 + 80
     assert out.result.status == "COMPLETED"
     assert out.result.reason is p.EndReason.AGENT_ENDED_CALL
     assert out.result.detail == "the agent ended the call"
@@ -926,11 +927,7 @@ def test_debug_logs_and_no_secrets(caplog: pytest.LogCaptureFixture) -> None:
     text = "\n".join(lines)
     assert "PJSIP/trunk-00000001 [sales]: VAD Score: 0.847" in text
     assert "HIGH voice activity detected (score=0.847)" in text
-    assert "Removing audio chunk with event_id=42 (<46)" in text
-    assert "Removing audio chunk with event_id=45 (<46)" in text
-    assert "Interruption processing complete: removed 2 audio chunks with event_id < 46" in text
-    assert "Remaining audio chunks in queue: 1" in text
-    assert "dropping late audio chunk with event_id=45 (<46)" in text
+    assert "PJSIP/trunk-00000001 [sales]: interruption, event_id=46" in text
     assert "conversation conv_test_1 started (input ulaw_8000, output ulaw_8000)" in text
     assert "conversation conv_test_1 ended: COMPLETED/completed (close code 1000)" in text
     assert "<redacted>" in text  # the connected-to line shows the URL, redacted
@@ -1009,3 +1006,99 @@ def test_tool_registry_results_and_timeout() -> None:
         ("Client tool 'none' is not available", True),
     ]
     assert tools.names() == ["obj", "slow", "text"] and "text" in tools
+
+
+# ---------------------------------------------------------------- phases (lifecycle.py)
+
+
+def test_phases_of_a_conversation(caplog: pytest.LogCaptureFixture) -> None:
+    """CONNECTING until the metadata, TALKING while it lasts, DONE when run() returns; each
+    move is logged once, and the end is decided once."""
+    caplog.set_level(logging.DEBUG, logger=LOG_NAME)
+    seen: list[Phase] = []
+
+    async def driver(session: Session, rec: Recorder, svc: FakeService) -> None:
+        seen.append(session.phase)
+        rec.on_started_hook = lambda: seen.append(session.phase)
+
+    out = run_session(closing_with(audio(1, b"\xff" * 160), code=1000), driver=driver)
+    assert seen == [Phase.CONNECTING, Phase.TALKING]
+    assert out.session.phase is Phase.DONE
+    moves = [r.getMessage() for r in caplog.records if " -> " in r.getMessage()]
+    assert [m.split(": ", 1)[1] for m in moves] == [
+        "connecting -> talking",
+        "talking -> closing (completed)",
+        "closing -> done",
+    ]
+    out.session.hangup()  # after the end: changes nothing
+    assert out.session.phase is Phase.DONE
+
+
+def test_tcp_reset_after_audio_plays_it_out() -> None:
+    """Issue 11 (4): the words received before a reset are played (play_out), then FAILED."""
+    words = [audio(1, b"\xff" * 8000), audio(1, b"\x7f" * 8000)]
+    out = run_session(closing_with(*words, code=None))
+    assert (out.result.status, out.result.reason) == ("FAILED", p.EndReason.NETWORK_LOSS)
+    assert out.result.play_out is True
+    assert out.rec.audio == [(1, b"\xff" * 8000), (1, b"\x7f" * 8000)]
+
+
+def test_no_play_out_after_a_hangup_or_before_the_start() -> None:
+    async def driver(session: Session, rec: Recorder, svc: FakeService) -> None:
+        await until(lambda: bool(rec.started))
+        session.hangup()
+
+    assert run_session(wait_for_client_close, driver=driver).result.play_out is False
+
+    async def refuse(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.close(1008)
+
+    out = run_session(refuse)
+    assert (out.result.reason, out.result.play_out) == (p.EndReason.POLICY_VIOLATION, False)
+
+
+def test_malformed_metadata_fails_at_once() -> None:
+    """Issue 11 (3): a conversation_id with CR/LF never reaches the host, and the call does
+    not wait for the metadata timeout."""
+    hostile = json.loads(meta())
+    hostile["conversation_initiation_metadata_event"]["conversation_id"] = "c1\r\nEvent: Forged"
+
+    async def agent(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.send(json.dumps(hostile))
+        await svc.drain(conn)
+
+    out = run_session(agent, connect_timeout=TEST_TIMEOUT)
+    assert (out.result.status, out.result.reason) == ("FAILED", p.EndReason.CONNECT_FAILED)
+    assert "malformed conversation metadata" in out.result.detail
+    assert "conversation_id" in out.result.detail and "\n" not in out.result.detail
+    assert out.result.conversation_id is None
+    assert out.rec.started == []
+    assert out.svc.client_close_code == 1000
+    assert not any(isinstance(e, p.ConversationInitiationMetadata) for e in out.rec.events)
+
+
+def test_hostile_tool_ids_never_reach_the_tools() -> None:
+    """Issue 11 (3): a tool call whose name or id fails ID_PATTERN is skipped as malformed:
+    no handler runs, no result goes back, the call goes on."""
+    tools = ToolRegistry()
+    ran: list[str] = []
+    tools.register("lookup", lambda call: ran.append(call.tool_call_id))
+    results: list[Json] = []
+
+    async def agent(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.send(meta())
+        await conn.send(tool_call("lookup", "c1\r\nEvent: Forged", {}))
+        await conn.send(tool_call("look up", "c2", {}))
+        await conn.send(tool_call("lookup", "c3", {}))
+        results.append(await svc.recv(conn, audio_ok=False))
+        await conn.close(1000)
+
+    out = run_session(agent, tools=tools)
+    assert ran == ["c3"]
+    assert [r["tool_call_id"] for r in results] == ["c3"]
+    bad = [e for e in out.rec.events if isinstance(e, p.MalformedMessage)]
+    assert len(bad) == 2 and all(e.type == "client_tool_call" for e in bad)
+    assert out.result.status == "COMPLETED"

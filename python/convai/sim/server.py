@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 from aiohttp import WSMessage, WSMsgType, web
 
 from convai import audio
-from convai.sim import speech
+from convai.sim import contract, speech
 
 __all__ = [
     "ConversationRecord",
@@ -315,6 +315,9 @@ class ConversationRecord:
     end_reason: str | None = None  # client_closed | end_call | max_duration | scripted_close |
     # tcp_drop | connection_lost | server_stopped | error
     ended_at: float | None = None  # time.time()
+    # Messages off ElevenLabs' contract (convai.sim.contract): "in: ..." from the client,
+    # "out: ..." from the simulator itself; deliberate garbage and injections are not checked.
+    contract_violations: list[str] = field(default_factory=list)
     flood_sent_s: float = 0.0  # flood_audio_s: audio sent, and how long sending it took
     flood_took_s: float = 0.0
 
@@ -410,11 +413,15 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        check_contract: bool = True,
     ) -> None:
         """``ssl_context`` (a server context, e.g. ``convai.sim.tls.server_context``) serves
-        both endpoints over TLS: https for the signed URL, which then hands out wss URLs."""
+        both endpoints over TLS: https for the signed URL, which then hands out wss URLs.
+        ``check_contract`` validates every message both ways against ElevenLabs' AsyncAPI
+        contract (``ConversationRecord.contract_violations``); off saves CPU in benchmarks."""
         self.scenario = scenario if scenario is not None else Scenario()
         self.ssl_context = ssl_context
+        self.contract = contract.load() if check_contract else None
         self.scenario.validate()
         self.host = host
         self.port = port
@@ -770,7 +777,12 @@ class _Conversation:
         last_words: bool = False,
     ) -> bool:
         # Payload object first, then "type": the real server's key order (reference §2).
-        ok = await self._send_raw(_compact({key: payload, "type": type_}), last_words=last_words)
+        msg = {key: payload, "type": type_}
+        if self.sim.contract is not None:
+            errors = self.sim.contract.server_message(msg)
+            if errors:
+                self._violation("out", errors)
+        ok = await self._send_raw(_compact(msg), last_words=last_words)
         if ok:
             self._note("out", type_, detail, event_id)
             self._log(level, "→", "%s %s", type_, detail)
@@ -1084,12 +1096,23 @@ class _Conversation:
         self._note("in", "invalid", why)
         self._log(logging.WARNING, "←", "invalid frame: %s", why)
 
+    def _violation(self, direction: str, errors: list[str]) -> None:
+        for why in errors[:5]:
+            if len(self.rec.contract_violations) < 1000:
+                self.rec.contract_violations.append(f"{direction}: {why}")
+            self._log(logging.ERROR, "!", "contract violation (%s): %s", direction, why)
+
     async def _on_text(self, data: str) -> None:
         try:
             msg = json.loads(data)
         except ValueError:
             self._invalid(f"not JSON: {data[:60]!r}")
+            self._violation("in", [f"not JSON: {data[:60]!r}"])
             return
+        if self.sim.contract is not None:
+            errors = self.sim.contract.client_message(msg)
+            if errors:
+                self._violation("in", errors)
         if not isinstance(msg, dict):
             self._invalid(f"not an object: {data[:60]!r}")
             return
@@ -1517,6 +1540,11 @@ class _Conversation:
             + str(turn.event_id)
             + '},"type":"audio"}'
         )
+        if self.sim.contract is not None:
+            msg = {"audio_event": {"audio_base_64": chunk.b64, "event_id": turn.event_id}}
+            errors = self.sim.contract.server_message({**msg, "type": "audio"})
+            if errors:
+                self._violation("out", errors)
         if not await self._send_raw(text):
             return False
         self.rec.sent_audio.append(
