@@ -471,10 +471,8 @@ class CallBridge:
         status, reason, play_out = Status.FAILED, EndReason.SERVER_ERROR, False
         try:
             result = await self.session.run()
-            # A broken conversation (FAILED) still ends at once, as it always has (pinned by
-            # test_server_errors_mid_call_set_failed); lifecycle's play_out decides the rest.
-            status, reason = result.status, result.reason
-            play_out = result.play_out and status is not Status.FAILED
+            # The session decided whether the agent's last words play (lifecycle.py).
+            status, reason, play_out = result.status, result.reason, result.play_out
             self._enter(Phase.ENDING)
             if play_out:
                 await self._play_out()

@@ -95,6 +95,10 @@ CLOSE_TIMEOUT: Final = 2.0  # hangup must be prompt even if the server never ans
 PRESTART_MS: Final = 1000  # caller audio kept while waiting for the metadata
 PRESTART_MAX_BYTES: Final = 96_000  # 1 s of the widest format, before we know the real one
 UP_BACKLOG_MS: Final = 2000  # caller audio queued for a stalled socket before dropping
+# elevenlabs_audio_frames_buffer_ms bounds: C validates the configuration against the same
+# numbers (CONVAI_BUFFER_MS_MIN/MAX); here they only guard other callers of Session.
+BUFFER_MS_MIN: Final = 20
+BUFFER_MS_MAX: Final = 2000
 # Query parameters of a signed URL that are not secret (everything else is redacted).
 _PUBLIC_PARAMS: Final = frozenset({"agent_id", "source", "version", "environment", "branch_id"})
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
@@ -106,8 +110,9 @@ _WS_LOG.setLevel(logging.WARNING)  # its DEBUG lines carry the signed request li
 
 
 def redact_key(key: str) -> str:
-    """Enough of an API key to tell two apart in a log, never enough to use it."""
-    return f"…{key[-4:]}" if len(key) >= 16 else "…"
+    """Enough of an API key to tell two apart in a log, never enough to use it: the last 4
+    characters of a key of 16 or more. The CLI's style (c/cli.c), so both read alike."""
+    return "****" + (key[-4:] if len(key) >= 16 else "")
 
 
 def redact_url(url: str) -> str:
@@ -812,7 +817,7 @@ class Session:
             return
         self._to(Phase.TALKING)
         fmt = AUDIO_FORMATS[ev.user_input_audio_format]
-        ms = min(max(self.config.audio_frames_buffer_ms, 20), 2000)
+        ms = min(max(self.config.audio_frames_buffer_ms, BUFFER_MS_MIN), BUFFER_MS_MAX)
         self._chunk_bytes = max(protocol.bytes_for_ms(fmt.name, ms), fmt.sample_width)
         self._up_backlog = max(2, math.ceil(UP_BACKLOG_MS / ms))
         # Asterisk logs the start itself; this is the protocol-level detail.

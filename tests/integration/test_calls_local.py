@@ -14,6 +14,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from asterisk import Asterisk, free_port
 from calls_util import (
@@ -279,6 +280,46 @@ def test_server_close_plays_out_queued_audio_before_hanging_up(
     assert stat(stats, "Underruns") == 0
     # The hangup waited for the audio, and not much longer.
     assert queued_at_close - 0.3 < end_at - close_at < queued_at_close + 1.0
+    ast.wait_no_channels(timeout=10)
+    assert not ast.errors(), ast.errors()
+
+
+def test_tcp_reset_plays_out_the_received_audio_then_fails(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Issue 11 (4): the agent sends its greeting 4x faster than real time and the TCP
+    connection is reset (no close frame) 2 s in. Every frame the module had received plays
+    before the call ends FAILED/network_loss, as at a normal close (lifecycle.py, play-out)."""
+    sim = simulator(Scenario(drop_tcp_after_s=2.0))
+    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, DIALPLAN)
+    mark = ast.log_mark()
+    with AmiEvents(ast) as ami:
+        _call(ast)
+        start = ami.wait("ElevenLabsConvAIStart", timeout=15)[0]
+        uid = start["Uniqueid"]
+        ami.wait("ElevenLabsConvAIEnd", lambda e: e["Uniqueid"] == uid, timeout=30)
+        end_at = ami.timed("ElevenLabsConvAIEnd")[0][0]
+        stats = ami.of("ElevenLabsConvAIStats", lambda e: e["Uniqueid"] == uid)[0]
+    line = ast.wait_for_log(RESULT_RE, timeout=10, since=mark)
+    rec = _conversation(sim)
+    wait_until(lambda: rec.done, 5, "the simulator's end of the conversation")
+    drop_at = sim_event_time(rec, "tcp_drop", "sim")[0]
+    first_audio = sent_utterances(sim, rec, FMT, CHUNK_MS)[0].first_sent
+    received = stat(stats, "BytesDown")
+    played = stat(stats, "FramesPlayed")
+    queued_at_drop = first_audio + received / 8000 - drop_at
+    print(
+        f"received {received} bytes ({received / 8000:.2f} s), played {played} frames;"
+        f" ~{queued_at_drop:.2f} s still to play at the reset, End {end_at - drop_at:.2f} s"
+        f" after it; {_stats_line(stats)}"
+    )
+    assert line.groups()[:2] == ("FAILED", "network_loss"), line.group(0)
+    assert queued_at_drop > 1.0, "the test needs audio queued at the reset"
+    # Every received byte, in whole frames (each utterance's last frame padded).
+    assert received // FRAME <= played <= frames_of(received, FRAME) + 4, _stats_line(stats)
+    assert stat(stats, "Underruns") == 0
+    # The end waited for the audio, and not much longer.
+    assert queued_at_drop - 0.3 < end_at - drop_at < queued_at_drop + 1.0
     ast.wait_no_channels(timeout=10)
     assert not ast.errors(), ast.errors()
 
@@ -575,3 +616,58 @@ def test_core_stop_now_ends_live_calls_as_shutdown_with_1001(
     log = ast.log_text()[mark:]
     assert re.search(r"failed: shutdown after", log), log[-3000:]
     assert "ended: HANGUP (caller_hangup)" not in log
+
+
+def test_ulaw_agent_audio_is_bit_exact_over_local_channels(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker, tmp_path: Path
+) -> None:
+    """The end-to-end audio check that runs on every flavour (the SIP/RTP one needs PJSIP): a
+    μ-law Local channel pair (AMI Originate with Codecs: ulaw), the caller leg records what it
+    hears into a .ulaw file (no translation on either leg). The recording holds the agent's
+    greeting byte for byte, contiguous, and nothing but μ-law silence around it."""
+    greeting = "Hello! You are talking to the simulator."
+    sim = simulator(Scenario(greeting=greeting, end_after_turns=1))
+    heard = tmp_path / "heard"
+    dialplan = DIALPLAN + (
+        f"\n[recorder]\nexten => record,1,Answer()\n"
+        f" same => n,Record({heard}.ulaw,0,30,qxk)\n same => n,Hangup()\n"
+    )
+    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, dialplan)
+    mark = ast.log_mark()
+    with AmiEvents(ast) as ami, ast.ami(events=False) as action:
+        reply = action.action(
+            "Originate",
+            Channel="Local/100@test",
+            Context="recorder",
+            Exten="record",
+            Priority="1",
+            Codecs="ulaw",
+            Async="true",
+        )
+        assert reply.get("Response") == "Success", reply
+        start = ami.wait("ElevenLabsConvAIStart", timeout=15)[0]
+        rec = _conversation(sim)
+        wait_until(lambda: rec.agent_responses, 10, "the greeting")
+        path = heard.with_suffix(".ulaw")
+
+        def greeting_recorded() -> bool:
+            utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
+            data = path.read_bytes() if path.exists() else b""
+            return bool(utts) and utts[0].audio in data
+
+        wait_until(greeting_recorded, 20, "the whole greeting in the caller's recording")
+        ast.cli(f"channel request hangup {caller_leg(start['Channel'])}")
+        ami.wait("ElevenLabsConvAIEnd", lambda e: e["Uniqueid"] == start["Uniqueid"], timeout=15)
+    ast.wait_no_channels(timeout=10)
+    assert (start["InputFormat"], start["OutputFormat"]) == ("ulaw_8000", "ulaw_8000"), start
+    utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
+    rx = path.read_bytes()
+    audio = utts[0].audio
+    at = rx.find(audio)
+    print(f"recorded {len(rx)} bytes; greeting {len(audio)} bytes at {at}")
+    assert utts[0].text == greeting and at >= 0, "the greeting was not heard bit-exact"
+    assert rx.find(audio, at + 1) < 0, "the greeting was heard twice"
+    outside = rx[:at] + rx[at + len(audio) :]
+    assert set(outside) <= {0xFF}, f"{sum(b != 0xFF for b in outside)} non-silent bytes besides it"
+    assert ast.log_text()[mark:].count("ElevenLabsConvAI(") == 1
+    assert not ast.errors(), ast.errors()

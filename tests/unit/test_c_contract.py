@@ -48,7 +48,11 @@ def test_formats_agree_with_the_protocol_and_the_audio_helpers() -> None:
     assert set(contract.FORMATS) == {"ulaw_8000", "pcm_8000", "pcm_16000"}
     for name, fmt in contract.FORMATS.items():
         spec = protocol.AUDIO_FORMATS[name]
-        assert (fmt.sample_rate, fmt.frame_bytes) == (spec.sample_rate, spec.frame_bytes)
+        assert (fmt.sample_rate, fmt.frame_bytes, fmt.silence) == (
+            spec.sample_rate,
+            spec.frame_bytes,
+            spec.silence_byte,
+        )
         assert audio.silence(name, 20) == bytes([fmt.silence]) * fmt.frame_bytes
     assert lib.convai_format(lib.CONVAI_FMT_NONE) == ffi.NULL
     assert lib.convai_format(lib.CONVAI_FMT_MAX) == ffi.NULL
@@ -103,3 +107,12 @@ def test_decode_checks_the_size() -> None:
 )
 def test_ring_ids_are_clamped(event_id: int, ring: int) -> None:
     assert contract.ring_id(event_id) == ring
+
+
+def test_the_buffer_ms_bounds_are_the_c_ones() -> None:
+    from convai import session
+
+    assert (session.BUFFER_MS_MIN, session.BUFFER_MS_MAX) == (
+        lib.CONVAI_BUFFER_MS_MIN,
+        lib.CONVAI_BUFFER_MS_MAX,
+    )
