@@ -39,6 +39,9 @@
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
+#define DTMF_TONE_TICKS 5        /* 100 ms per digit the agent sends */
+#define DTMF_GAP_TICKS 5         /* 100 ms between digits */
+
 static AST_RWLIST_HEAD_STATIC(live_calls, convai_call);
 
 /* --- the call's phases ------------------------------------------------------------------ */
@@ -104,6 +107,57 @@ static void call_send(struct convai_call *c, uint32_t type, const void *rec, uin
 {
 	if (!convai_ring_push(c->sess->to_py, type, rec, len)) {
 		eventfd_write(c->sess->up_efd, 1);
+	}
+}
+
+void convai_call_send(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
+{
+	call_send(c, type, rec, len);
+}
+
+void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x)
+{
+	AST_RWLIST_WRLOCK(&live_calls);
+	c->xfer = x;
+	AST_RWLIST_UNLOCK(&live_calls);
+}
+
+int convai_call_post(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
+{
+	struct convai_inbox_item *item = ast_malloc(sizeof(*item) + len);
+
+	if (!item) {
+		return -1;
+	}
+	item->type = type;
+	item->len = len;
+	memcpy(item->rec, rec, len);
+	ast_mutex_lock(&c->inbox_lock);
+	AST_LIST_INSERT_TAIL(&c->inbox, item, next);
+	ast_mutex_unlock(&c->inbox_lock);
+	eventfd_write(c->wake_efd, 1);
+	return 0;
+}
+
+/* Another thread has news: tool results from AMI for Python, the transfer dialler's state. */
+static void call_on_wake(struct convai_call *c)
+{
+	struct convai_inbox_item *item;
+	eventfd_t ignored;
+
+	eventfd_read(c->wake_efd, &ignored);
+	for (;;) {
+		ast_mutex_lock(&c->inbox_lock);
+		item = AST_LIST_REMOVE_HEAD(&c->inbox, next);
+		ast_mutex_unlock(&c->inbox_lock);
+		if (!item) {
+			break;
+		}
+		call_send(c, item->type, item->rec, item->len);
+		ast_free(item);
+	}
+	if (convai_transfer_poll(c)) {
+		call_enter(c, CALL_DONE, CONVAI_STATUS_TRANSFER, CONVAI_REASON_TRANSFER);
 	}
 }
 
@@ -177,11 +231,14 @@ static void call_on_end(struct convai_call *c, const void *rec)
 {
 	const struct convai_cmd_end *cmd = rec;
 	enum convai_status st = cmd->status == CONVAI_STATUS_COMPLETED
-		|| cmd->status == CONVAI_STATUS_HANGUP || cmd->status == CONVAI_STATUS_TRANSFER
-		? cmd->status : CONVAI_STATUS_FAILED;
+		|| cmd->status == CONVAI_STATUS_HANGUP ? cmd->status : CONVAI_STATUS_FAILED;
 	enum convai_reason reason = *convai_reason_name(cmd->reason) ? cmd->reason
 		: CONVAI_REASON_SERVER_ERROR;
 
+	if (cmd->status == CONVAI_STATUS_TRANSFER) {
+		/* Only a blind transfer this thread accepted; anything else ends as completed. */
+		st = convai_transfer_blind_accepted(c) ? CONVAI_STATUS_TRANSFER : CONVAI_STATUS_COMPLETED;
+	}
 	if (c->phase == CALL_DRAINING) {
 		return;   /* already ending (max_duration): that result stands */
 	}
@@ -224,6 +281,69 @@ static void call_on_setvar(struct convai_call *c, const void *rec)
 	pbx_builtin_setvar_helper(c->chan, name, convai_clean(value, cmd->value, sizeof(value)));
 }
 
+static void call_on_transfer(struct convai_call *c, const void *rec)
+{
+	const struct convai_cmd_transfer *cmd = rec;
+	char id[CONVAI_ID_BYTES], target[CONVAI_TARGET_BYTES];
+
+	convai_clean(id, cmd->tool_call_id, sizeof(id));
+	convai_clean(target, cmd->target, sizeof(target));
+	if (!ast_strlen_zero(id) && !ast_strlen_zero(target)) {
+		convai_transfer_request(c, id, target);
+	}
+}
+
+/* The agent's digits: queued and played on the 20 ms ticks, so the loop never waits. */
+static void call_on_send_dtmf(struct convai_call *c, const void *rec)
+{
+	const struct convai_cmd_send_dtmf *cmd = rec;
+	char digits[CONVAI_DIGITS_BYTES];
+	size_t have = strlen(c->dtmf_out), n;
+
+	convai_clean(digits, cmd->digits, sizeof(digits));
+	n = strlen(digits);
+	if (!n || strspn(digits, "0123456789*#wW") != n || have + n >= sizeof(c->dtmf_out)) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: DTMF '%.16s' from the agent refused\n",
+			ast_channel_name(c->chan), c->agent->name, digits);
+		return;
+	}
+	ast_verb(4, LOG_PREFIX "%s [%s]: sending DTMF %s for the agent\n",
+		ast_channel_name(c->chan), c->agent->name, digits);
+	strcat(c->dtmf_out, digits);   /* length checked */
+}
+
+static void call_on_system_tool(struct convai_call *c, const void *rec)
+{
+	convai_event_system_tool(c, rec);
+}
+
+/* One 20 ms step of the agent's DTMF: 100 ms tones with 100 ms gaps; w 0.5 s, W 1 s. */
+static void call_dtmf_tick(struct convai_call *c)
+{
+	char d = c->dtmf_out[c->dtmf_pos];
+
+	if (c->dtmf_ticks > 0 && --c->dtmf_ticks > 0) {
+		return;
+	}
+	if (c->dtmf_tone) {
+		ast_senddigit_end(c->chan, d, DTMF_TONE_TICKS * 20);
+		c->dtmf_tone = 0;
+		c->dtmf_pos++;
+		c->dtmf_ticks = DTMF_GAP_TICKS;
+	} else if (!d) {
+		c->dtmf_out[0] = '\0';
+		c->dtmf_pos = 0;
+	} else if (d == 'w' || d == 'W') {
+		c->dtmf_ticks = d == 'w' ? 25 : 50;
+		c->dtmf_pos++;
+	} else {
+		ast_senddigit_begin(c->chan, d);
+		c->dtmf_tone = 1;
+		c->dtmf_ticks = DTMF_TONE_TICKS;
+		c->dtmf_sent++;
+	}
+}
+
 /* Python -> C, by type: the records' sizes are checked before a handler sees one. */
 static const struct {
 	uint32_t type;
@@ -234,6 +354,9 @@ static const struct {
 	{ CONVAI_CMD_INTERRUPTION, call_on_interruption_cmd },
 	{ CONVAI_CMD_TOOL_CALL, call_on_tool_call },
 	{ CONVAI_CMD_SETVAR, call_on_setvar },
+	{ CONVAI_CMD_TRANSFER, call_on_transfer },
+	{ CONVAI_CMD_SEND_DTMF, call_on_send_dtmf },
+	{ CONVAI_CMD_SYSTEM_TOOL, call_on_system_tool },
 };
 
 static void call_on_command(struct convai_call *c, uint32_t type, const void *rec, int len)
@@ -430,6 +553,9 @@ static void call_on_tick(struct convai_call *c)
 	for (expirations = MIN(expirations, CATCHUP_MAX); expirations; expirations--) {
 		call_play_one(c);
 	}
+	if (c->dtmf_out[0]) {
+		call_dtmf_tick(c);
+	}
 	if (c->phase == CALL_DRAINING && !c->playing && !convai_ring_count(c->sess->down)
 		&& !convai_stat_get(c->sess, CONVAI_STAT_BACKLOG_FRAMES)) {
 		call_enter(c, CALL_DONE, CONVAI_STATUS_RUNNING, CONVAI_REASON_NONE);   /* played out */
@@ -516,12 +642,12 @@ static void call_end_at_max_duration(struct convai_call *c)
 
 static void call_loop(struct convai_call *c)
 {
-	int fds[2] = { c->tfd, c->sess->down_efd };
+	int fds[3] = { c->tfd, c->sess->down_efd, c->wake_efd };
 	int64_t max_ms = c->agent->max_duration ? (int64_t) c->agent->max_duration * 1000 : -1;
 
 	while (c->phase != CALL_DONE) {
 		int ms = 1000, outfd = -1;
-		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 2, NULL, &outfd, &ms);
+		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 3, NULL, &outfd, &ms);
 		int64_t elapsed = ast_tvdiff_ms(ast_tvnow(), c->start);
 
 		if (ready) {
@@ -532,6 +658,8 @@ static void call_loop(struct convai_call *c)
 			call_on_tick(c);
 		} else if (outfd == c->sess->down_efd) {
 			call_on_commands(c);
+		} else if (outfd == c->wake_efd) {
+			call_on_wake(c);
 		} else if (ms < 0) {
 			call_hung_up(c);
 		}
@@ -616,7 +744,11 @@ static void call_run_loop(struct convai_call *c)
 void convai_call_run(struct convai_call *c)
 {
 	call_run_loop(c);
+	if (c->dtmf_tone) {
+		ast_senddigit_end(c->chan, c->dtmf_out[c->dtmf_pos], DTMF_TONE_TICKS * 20);
+	}
 	call_set_result(c);
+	convai_transfer_finish(c);
 }
 
 struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agent *agent)
@@ -628,14 +760,23 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 		return NULL;
 	}
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (c->tfd < 0) {
+	c->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->tfd < 0 || c->wake_efd < 0) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot create a timer: %s\n",
 			ast_channel_name(chan), agent->name, strerror(errno));
 		convai_session_release(c->sess);
 		convai_session_release(c->sess);   /* Python's reference too: it never saw the session */
+		if (c->tfd >= 0) {
+			close(c->tfd);
+		}
+		if (c->wake_efd >= 0) {
+			close(c->wake_efd);
+		}
 		ast_free(c);
 		return NULL;
 	}
+	ast_mutex_init(&c->inbox_lock);
+	AST_LIST_HEAD_INIT_NOLOCK(&c->inbox);
 	c->chan = chan;
 	c->agent = ao2_bump(agent);
 	c->start = ast_tvnow();
@@ -644,11 +785,18 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 
 void convai_call_destroy(struct convai_call *c)
 {
+	struct convai_inbox_item *item;
+
 	if (convai_session_withdraw(c->sess)) {
 		convai_session_release(c->sess);   /* Python's reference: it never took the session */
 	}
+	while ((item = AST_LIST_REMOVE_HEAD(&c->inbox, next))) {
+		ast_free(item);
+	}
+	ast_mutex_destroy(&c->inbox_lock);
 	convai_session_release(c->sess);
 	close(c->tfd);
+	close(c->wake_efd);
 	ao2_ref(c->agent, -1);
 	ast_free(c);
 }

@@ -25,7 +25,7 @@
 /* --- cffi: begin --- */
 
 /* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
-#define CONVAI_ABI_VERSION 2
+#define CONVAI_ABI_VERSION 4
 
 #define CONVAI_HOST_MAGIC 0x434f4e56    /* "CONV" */
 #define CONVAI_SESSION_MAGIC 0x53455353 /* "SESS": checked by Python when it takes a session */
@@ -49,6 +49,12 @@
 #define CONVAI_ID_BYTES 129
 /* A tool call's parameters as JSON, cut to fit, NUL included. */
 #define CONVAI_PARAMS_BYTES 600
+/* A transfer target's name, digits the agent sends, a transfer state's detail, an AMI tool
+ * result: NUL included. */
+#define CONVAI_TARGET_BYTES 32
+#define CONVAI_DIGITS_BYTES 72
+#define CONVAI_DETAIL_BYTES 128
+#define CONVAI_RESULT_BYTES 840
 /* A channel variable set for the dialplan (name and value), NUL included. */
 #define CONVAI_VAR_NAME_BYTES 64
 #define CONVAI_VAR_VALUE_BYTES 257
@@ -122,9 +128,23 @@ enum convai_cmd_type {
 	CONVAI_CMD_INTERRUPTION = 3,   /* the caller interrupted: raise ElevenLabsConvAIInterruption */
 	CONVAI_CMD_TOOL_CALL = 4,      /* a client tool call: raise ElevenLabsConvAIToolCall */
 	CONVAI_CMD_SETVAR = 5,         /* set an ELEVENLABS_* channel variable */
+	CONVAI_CMD_TRANSFER = 6,       /* the agent's transfer tool: a target by its name */
+	CONVAI_CMD_SEND_DTMF = 7,      /* digits for the channel (0-9 * # w W), on the 20 ms ticks */
+	CONVAI_CMD_SYSTEM_TOOL = 8,    /* a system tool ran: raise ElevenLabsConvAISystemTool */
 	/* C -> Python: 101.. */
 	CONVAI_CMD_DTMF = 101,         /* the caller pressed a key */
 	CONVAI_CMD_HANGUP = 102,       /* the call is over on the channel side (reason says why) */
+	CONVAI_CMD_TRANSFER_STATE = 103, /* how a transfer is going */
+	CONVAI_CMD_TOOL_RESULT = 104,  /* ElevenLabsConvAIToolResult from AMI, for an ami tool */
+};
+
+/* How a transfer is going, as the caller's thread sees it (TRANSFER_STATE). */
+enum convai_xfer_state {
+	CONVAI_XFER_ACCEPTED,          /* blind: leaving once the agent's words have played out */
+	CONVAI_XFER_DIALING,           /* warm: the target is being called */
+	CONVAI_XFER_RINGING,
+	CONVAI_XFER_ANSWERED,          /* warm: the bridge follows */
+	CONVAI_XFER_FAILED,
 };
 
 struct convai_cmd_started {
@@ -147,11 +167,39 @@ struct convai_cmd_tool_call {
 	char tool_name[CONVAI_ID_BYTES];
 	char tool_call_id[CONVAI_ID_BYTES];
 	char parameters[CONVAI_PARAMS_BYTES];
+	char handler[16];              /* who answers it: module, ami or none */
 };
 
 struct convai_cmd_setvar {
 	char name[CONVAI_VAR_NAME_BYTES];   /* must start with ELEVENLABS_ */
 	char value[CONVAI_VAR_VALUE_BYTES];
+};
+
+struct convai_cmd_transfer {
+	char tool_call_id[CONVAI_ID_BYTES];
+	char target[CONVAI_TARGET_BYTES];   /* a transfer_target name; C looks it up */
+};
+
+struct convai_cmd_send_dtmf {
+	char digits[CONVAI_DIGITS_BYTES];
+};
+
+struct convai_cmd_system_tool {
+	char tool_name[CONVAI_ID_BYTES];
+	char tool_call_id[CONVAI_ID_BYTES];
+	uint32_t is_error;
+};
+
+struct convai_cmd_transfer_state {
+	char tool_call_id[CONVAI_ID_BYTES];
+	uint32_t state;                /* enum convai_xfer_state */
+	char detail[CONVAI_DETAIL_BYTES];
+};
+
+struct convai_cmd_tool_result {
+	char tool_call_id[CONVAI_ID_BYTES];
+	uint32_t is_error;
+	char result[CONVAI_RESULT_BYTES];
 };
 
 struct convai_cmd_dtmf {
@@ -173,6 +221,11 @@ static inline uint32_t convai_cmd_size(uint32_t type)
 	case CONVAI_CMD_INTERRUPTION: return sizeof(struct convai_cmd_interruption);
 	case CONVAI_CMD_TOOL_CALL: return sizeof(struct convai_cmd_tool_call);
 	case CONVAI_CMD_SETVAR: return sizeof(struct convai_cmd_setvar);
+	case CONVAI_CMD_TRANSFER: return sizeof(struct convai_cmd_transfer);
+	case CONVAI_CMD_SEND_DTMF: return sizeof(struct convai_cmd_send_dtmf);
+	case CONVAI_CMD_SYSTEM_TOOL: return sizeof(struct convai_cmd_system_tool);
+	case CONVAI_CMD_TRANSFER_STATE: return sizeof(struct convai_cmd_transfer_state);
+	case CONVAI_CMD_TOOL_RESULT: return sizeof(struct convai_cmd_tool_result);
 	case CONVAI_CMD_DTMF: return sizeof(struct convai_cmd_dtmf);
 	case CONVAI_CMD_HANGUP: return sizeof(struct convai_cmd_hangup);
 	}
@@ -181,6 +234,7 @@ static inline uint32_t convai_cmd_size(uint32_t type)
 
 _Static_assert(sizeof(struct convai_cmd_tool_call) <= CONVAI_CMD_BYTES, "a command fits a slot");
 _Static_assert(sizeof(struct convai_cmd_setvar) <= CONVAI_CMD_BYTES, "a command fits a slot");
+_Static_assert(sizeof(struct convai_cmd_tool_result) <= CONVAI_CMD_BYTES, "a command fits a slot");
 
 /*! \brief A format's facts, or NULL for CONVAI_FMT_NONE and unknown values. */
 static inline const struct convai_format_info *convai_format(int fmt)
@@ -312,7 +366,7 @@ struct convai_session {
 	char caller_number[80];
 	char caller_name[80];
 	char exten[80];
-	char extra_json[2048];     /* optional JSON: dynamic_variables, overrides */
+	char extra_json[8192];     /* optional JSON: dynamic_variables, overrides, tools */
 	_Atomic uint64_t stats[CONVAI_STAT_MAX];
 	uint32_t hist[CONVAI_HIST_MAX][CONVAI_HIST_BUCKETS];
 	struct convai_ring *up;    /* caller audio: C produces, Python consumes */

@@ -47,7 +47,7 @@ static void event_emit(struct ast_channel *chan, const char *agent, const char *
 		body);
 }
 
-static void call_event(struct convai_call *c, const char *event, const char *body)
+void convai_call_event(struct convai_call *c, const char *event, const char *body)
 {
 	event_emit(c->chan, c->agent->name, c->agent->agent_id, c->conversation_id, event, body);
 }
@@ -58,7 +58,7 @@ void convai_event_start(struct convai_call *c)
 
 	snprintf(body, sizeof(body), "InputFormat: %s\r\nOutputFormat: %s\r\n", c->in_format,
 		c->out_format);
-	call_event(c, "ElevenLabsConvAIStart", body);
+	convai_call_event(c, "ElevenLabsConvAIStart", body);
 }
 
 void convai_event_interruption(struct convai_call *c, uint32_t event_id)
@@ -66,19 +66,32 @@ void convai_event_interruption(struct convai_call *c, uint32_t event_id)
 	char body[32];
 
 	snprintf(body, sizeof(body), "EventID: %u\r\n", event_id);
-	call_event(c, "ElevenLabsConvAIInterruption", body);
+	convai_call_event(c, "ElevenLabsConvAIInterruption", body);
 }
 
 void convai_event_tool_call(struct convai_call *c, const struct convai_cmd_tool_call *cmd)
 {
 	char name[CONVAI_ID_BYTES], id[CONVAI_ID_BYTES], params[CONVAI_PARAMS_BYTES];
-	char body[sizeof(name) + sizeof(id) + sizeof(params) + 48];
+	char handler[sizeof(cmd->handler)];
+	char body[sizeof(name) + sizeof(id) + sizeof(params) + sizeof(handler) + 64];
 
-	snprintf(body, sizeof(body), "ToolName: %s\r\nToolCallID: %s\r\nParameters: %s\r\n",
-		convai_clean(name, cmd->tool_name, sizeof(name)),
+	snprintf(body, sizeof(body), "ToolName: %s\r\nToolCallID: %s\r\nParameters: %s\r\n"
+		"Handler: %s\r\n", convai_clean(name, cmd->tool_name, sizeof(name)),
 		convai_clean(id, cmd->tool_call_id, sizeof(id)),
-		convai_clean(params, cmd->parameters, sizeof(params)));
-	call_event(c, "ElevenLabsConvAIToolCall", body);
+		convai_clean(params, cmd->parameters, sizeof(params)),
+		convai_clean(handler, cmd->handler, sizeof(handler)));
+	convai_call_event(c, "ElevenLabsConvAIToolCall", body);
+}
+
+void convai_event_system_tool(struct convai_call *c, const struct convai_cmd_system_tool *cmd)
+{
+	char name[CONVAI_ID_BYTES], id[CONVAI_ID_BYTES];
+	char body[sizeof(name) + sizeof(id) + 64];
+
+	snprintf(body, sizeof(body), "ToolName: %s\r\nToolCallID: %s\r\nIsError: %s\r\n",
+		convai_clean(name, cmd->tool_name, sizeof(name)),
+		convai_clean(id, cmd->tool_call_id, sizeof(id)), cmd->is_error ? "true" : "false");
+	convai_call_event(c, "ElevenLabsConvAISystemTool", body);
 }
 
 void convai_event_end(struct ast_channel *chan, const char *agent, const char *agent_id,
@@ -148,5 +161,80 @@ void convai_event_stats(struct convai_call *c)
 	for (i = 0; i < CONVAI_HIST_MAX; i++) {
 		hist_summary(&body, names[i], s->hist[i]);
 	}
-	call_event(c, "ElevenLabsConvAIStats", ast_str_buffer(body));
+	convai_call_event(c, "ElevenLabsConvAIStats", ast_str_buffer(body));
+}
+
+/* --- the ElevenLabsConvAIToolResult action: an external handler answers a tool call ---------- */
+
+struct tool_result {
+	const char *channel;
+	const struct convai_cmd_tool_result *rec;
+	int found;
+	int queued;
+};
+
+static int post_tool_result(struct convai_call *c, void *arg)
+{
+	struct tool_result *r = arg;
+
+	if (strcasecmp(ast_channel_name(c->chan), r->channel)) {
+		return 0;
+	}
+	r->found = 1;
+	r->queued = !convai_call_post(c, CONVAI_CMD_TOOL_RESULT, r->rec, sizeof(*r->rec));
+	return 1;
+}
+
+/* Printable and without tabs: a tool call id goes back to the agent as it came. */
+static int plain_id(const char *id)
+{
+	const char *p;
+
+	for (p = id; *p; p++) {
+		if ((unsigned char) *p < ' ' || *p == 0x7f) {
+			return 0;
+		}
+	}
+	return p != id && p - id < CONVAI_ID_BYTES;
+}
+
+static int action_tool_result(struct mansession *s, const struct message *m)
+{
+	const char *channel = astman_get_header(m, "Channel");
+	const char *id = astman_get_header(m, "ToolCallID");
+	const char *result = astman_get_header(m, "Result");
+	const char *is_error = astman_get_header(m, "IsError");
+	struct convai_cmd_tool_result rec = { .is_error = ast_true(is_error) };
+	struct tool_result r = { .channel = channel, .rec = &rec };
+
+	if (ast_strlen_zero(channel) || !plain_id(id)) {
+		astman_send_error(s, m, "Channel and ToolCallID are required");
+		return 0;
+	}
+	if (strlen(result) >= sizeof(rec.result)) {
+		astman_send_error(s, m, "Result is too long");
+		return 0;
+	}
+	ast_copy_string(rec.tool_call_id, id, sizeof(rec.tool_call_id));
+	ast_copy_string(rec.result, result, sizeof(rec.result));
+	convai_calls_foreach(post_tool_result, &r);
+	if (!r.found) {
+		astman_send_error(s, m, "No conversation on that channel");
+	} else if (!r.queued) {
+		astman_send_error(s, m, "Out of memory");
+	} else {
+		astman_send_ack(s, m, "Tool result queued");
+	}
+	return 0;
+}
+
+int convai_manager_register(void)
+{
+	return ast_manager_register_xml("ElevenLabsConvAIToolResult", EVENT_FLAG_CALL,
+		action_tool_result);
+}
+
+void convai_manager_unregister(void)
+{
+	ast_manager_unregister("ElevenLabsConvAIToolResult");
 }

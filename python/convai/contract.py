@@ -102,3 +102,8 @@ STATUSES: Final[dict[str, int]] = {
 REASONS: Final[dict[str, int]] = {
     text(lib.convai_reason_name(i)): i for i in range(1, lib.CONVAI_REASON_MAX)
 }
+# enum convai_xfer_state -> "accepted", "dialing", ... (what tools.Telephony expects).
+XFER_STATES: Final[dict[int, str]] = {
+    value: name.removeprefix("CONVAI_XFER_").lower()
+    for name, value in _enum("enum convai_xfer_state").items()
+}

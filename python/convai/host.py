@@ -37,11 +37,12 @@ from typing import Any
 
 import aiohttp
 
-from convai import contract, protocol
+from convai import contract, protocol, tools
 from convai.lifecycle import Status
 from convai.playout import Framer
 from convai.protocol import EndReason
 from convai.session import AgentConfig, CallInfo, Session, Started
+from convai.tools import Telephony, TransferTarget
 
 from ._native import ffi, lib  # type: ignore[import-not-found]
 
@@ -139,17 +140,24 @@ def _eventfd_drain(fd: int) -> None:
         os.eventfd_read(fd)
 
 
-def agent_config_from(sess: Any) -> AgentConfig:
-    """The agent settings C copied into the session when the call started."""
-    extra: dict[str, Any] = {}
+def extra_from(sess: Any) -> dict[str, Any]:
+    """The JSON C filled in when the call started: variables, overrides, tools."""
     raw = _cstr(sess.extra_json)
     if raw:
         try:
             extra = json.loads(raw)
+            if isinstance(extra, dict):
+                return extra
         except ValueError:
-            log.warning(
-                "ignoring unreadable dynamic variables/overrides for [%s]", _cstr(sess.agent)
-            )
+            pass
+        log.warning("ignoring unreadable dynamic variables/overrides for [%s]", _cstr(sess.agent))
+    return {}
+
+
+def agent_config_from(sess: Any, extra: dict[str, Any] | None = None) -> AgentConfig:
+    """The agent settings C copied into the session when the call started."""
+    if extra is None:
+        extra = extra_from(sess)
     overrides: dict[str, Any] = {}
     if extra.get("agent"):
         overrides["agent"] = extra["agent"]
@@ -209,12 +217,16 @@ class CallBridge:
         self.sess = sess
         self.callid = int(sess.callid)
         self.channel = _cstr(sess.channel)
-        self.config = agent_config_from(sess)
+        extra = extra_from(sess)
+        self.config = agent_config_from(sess, extra)
         self.tag = f"{self.channel} [{self.config.name}]"  # as the session and C tag lines
+        specs, targets = tools.config_from_json(extra)
+        self.telephony = Telephony(self, specs, targets, log, self.tag)
         self.session = Session(
             self.config,
             call_info_from(sess),
             self,
+            tools=self.telephony.registry,
             http=runtime.http(),
             log=log,
             supported_formats=tuple(contract.FORMATS),
@@ -307,6 +319,21 @@ class CallBridge:
             self.session.send_dtmf(rec.digit.decode("ascii", errors="replace"))
         elif kind == lib.CONVAI_CMD_HANGUP:
             self._on_hangup(rec.reason)
+        elif kind == lib.CONVAI_CMD_TRANSFER_STATE:
+            state = contract.XFER_STATES.get(rec.state, "failed")
+            self.telephony.on_transfer_state(
+                contract.text(rec.tool_call_id), state, contract.text(rec.detail)
+            )
+        elif kind == lib.CONVAI_CMD_TOOL_RESULT:
+            call_id = contract.text(rec.tool_call_id)
+            if not self.telephony.on_tool_result(
+                call_id, contract.text(rec.result), bool(rec.is_error)
+            ):
+                log.warning(
+                    "%s: ElevenLabsConvAIToolResult for %r, which no ami tool call awaits",
+                    self.tag,
+                    tools.clean_text(call_id, 64),
+                )
 
     def _on_hangup(self, reason: int) -> None:
         if reason == lib.CONVAI_REASON_MAX_DURATION:
@@ -414,6 +441,7 @@ class CallBridge:
                 len(audio),
             )
             return
+        self.telephony.on_agent_audio()
         self._push(self.framer.feed(event_id, audio))
         if self._tail_timer:
             self._tail_timer.cancel()
@@ -454,16 +482,40 @@ class CallBridge:
                 self.sess, lib.CONVAI_STAT_PING_RTT_US, int(self.session.ping_rtt_ms * 1000)
             )
         elif isinstance(event, protocol.ClientToolCall):
+            # C cleans every field again before it reaches the AMI event.
             self._send(
                 lib.CONVAI_CMD_TOOL_CALL,
                 tool_name=event.tool_name,
                 tool_call_id=event.tool_call_id,
-                parameters=json.dumps(event.parameters, separators=(",", ":")),
+                parameters=json.dumps(event.parameters, separators=(",", ":"), ensure_ascii=True),
+                handler=self.telephony.handler_kind(event.tool_name),
             )
+        elif isinstance(event, protocol.AgentToolResponse) and not event.full_payload:
+            self.telephony.on_system_tool(event)
+            if event.tool_name in tools.SYSTEM_TOOLS:
+                self._send(
+                    lib.CONVAI_CMD_SYSTEM_TOOL,
+                    tool_name=event.tool_name,
+                    tool_call_id=event.tool_call_id,
+                    is_error=int(bool(event.is_error)),
+                )
+
+    # --- CallPort: what the tools ask of the channel thread ------------------------------------
+    def transfer(self, tool_call_id: str, target: TransferTarget) -> None:
+        self._send(lib.CONVAI_CMD_TRANSFER, tool_call_id=tool_call_id, target=target.name)
+
+    def send_dtmf(self, digits: str) -> None:
+        self._send(lib.CONVAI_CMD_SEND_DTMF, digits=digits)
 
     def set_variable(self, name: str, value: str) -> None:
         """``ELEVENLABS_<...>`` on the channel (C refuses any other name)."""
         self._send(lib.CONVAI_CMD_SETVAR, name=name, value=value)
+
+    def end_conversation(self, reason: str, detail: str) -> None:
+        self.session.end(protocol.EndReason(reason), detail)
+
+    def tell_agent(self, text: str) -> None:
+        self.session.send_contextual_update(text)
 
     # --- lifetime -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -510,6 +562,7 @@ class CallBridge:
             self._close()
 
     def _close(self) -> None:
+        self.telephony.close()
         for timer in (self._tail_timer, self._top_up):
             if timer:
                 timer.cancel()

@@ -68,6 +68,7 @@ class Call:
         out, kind = [], ffi.new("uint32_t *")
         while True:
             buf = ffi.new("uint32_t[]", lib.CONVAI_CMD_BYTES // 4 + 1)
+            self.keep.append(buf)  # the decoded record points into it
             n = lib.convai_ring_pop(self.sess.to_c, kind, buf, lib.CONVAI_CMD_BYTES)
             if n < 0:
                 return out
@@ -245,3 +246,25 @@ def test_dtmf_and_tool_calls_cross_as_typed_records(
     assert contract.text(rec.tool_name) == "transfer"
     params = contract.text(rec.parameters)
     assert "\r" not in params and "\n" not in params  # JSON escapes them; C cleans again
+
+
+def test_transfer_state_and_tool_results_reach_the_tools_by_name(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = call.talking()
+    states: list[tuple[str, str, str]] = []
+    results: list[tuple[str, str, bool]] = []
+    monkeypatch.setattr(bridge.telephony, "on_transfer_state", lambda *a: states.append(a))
+    monkeypatch.setattr(bridge.telephony, "on_tool_result", lambda *a: results.append(a) or True)
+    call.to_py(
+        lib.CONVAI_CMD_TRANSFER_STATE, tool_call_id="t1", state=lib.CONVAI_XFER_RINGING, detail="x"
+    )
+    call.to_py(lib.CONVAI_CMD_TOOL_RESULT, tool_call_id="a1", is_error=1, result="no stock")
+    bridge._on_up()
+    assert states == [("t1", "ringing", "x")]
+    assert results == [("a1", "no stock", True)]
+    bridge.transfer("t1", SimpleNamespace(name="sales"))  # type: ignore[arg-type]
+    bridge.send_dtmf("12#")
+    (k1, transfer), (k2, dtmf) = call.commands()
+    assert (k1, contract.text(transfer.target)) == (lib.CONVAI_CMD_TRANSFER, "sales")
+    assert (k2, contract.text(dtmf.digits)) == (lib.CONVAI_CMD_SEND_DTMF, "12#")
