@@ -38,7 +38,6 @@ struct ast_format;
 struct ast_variable;
 struct convai_transfer;
 struct convai_agent;
-struct convai_inbox_item;
 
 /* --- config.c ------------------------------------------------------------------------------ */
 
@@ -221,8 +220,8 @@ struct convai_call {
 	uint32_t last_write_us;
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
 	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop */
-	ast_mutex_t inbox_lock;
-	AST_LIST_HEAD_NOLOCK(, convai_inbox_item) inbox;   /* tool results from AMI */
+	ast_mutex_t inbox_lock;     /* serialises the AMI threads that push into inbox */
+	struct convai_ring *inbox;  /* command records from other threads, for Python, via this one */
 	struct convai_transfer *xfer;   /* the transfer under way (transfer.c), or NULL */
 	int transfer_res;           /* the app's return value after a transfer */
 	char dtmf_out[72];          /* digits the agent is sending, and where we are in them */
@@ -256,18 +255,10 @@ int convai_fail_early(struct ast_channel *chan, const char *agent, enum convai_r
 /*! \brief Call \a cb for each live call under the list's read lock until it returns nonzero. */
 int convai_calls_foreach(int (*cb)(struct convai_call *c, void *arg), void *arg);
 
-/*! \brief A command record for Python handed to the call's thread by another thread. */
-struct convai_inbox_item {
-	uint32_t type;
-	uint32_t len;
-	AST_LIST_ENTRY(convai_inbox_item) next;
-	unsigned char rec[];
-};
-
 /*!
  * \brief Queue a command record for Python from any thread (the AMI action): the call's own
  * thread forwards it, so the command ring keeps its single producer.
- * \retval 0 queued, -1 out of memory
+ * \retval 0 queued, -1 the inbox is full
  */
 int convai_call_post(struct convai_call *c, uint32_t type, const void *rec, uint32_t len);
 

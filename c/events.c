@@ -221,7 +221,7 @@ static int action_tool_result(struct mansession *s, const struct message *m)
 	if (!r.found) {
 		astman_send_error(s, m, "No conversation on that channel");
 	} else if (!r.queued) {
-		astman_send_error(s, m, "Out of memory");
+		astman_send_error(s, m, "The call has too many tool results queued");
 	} else {
 		astman_send_ack(s, m, "Tool result queued");
 	}
