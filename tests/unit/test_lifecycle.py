@@ -164,3 +164,10 @@ def test_close_outcome_from_the_server() -> None:
     )
     err = p.ErrorEvent(1002, "transport_receive_timeout", "no audio")
     assert outcome(rcvd=(1002, ""), error=err) == (R.TIMEOUT, "transport_receive_timeout: no audio")
+
+
+def test_the_servers_close_reason_is_made_printable() -> None:
+    assert outcome(rcvd=(1011, "boom\r\nERROR[1]: forged")) == (
+        R.SERVER_ERROR,
+        "server closed the connection with 1011 (boom\\x0d\\x0aERROR[1]: forged)",
+    )
