@@ -60,6 +60,26 @@ static void owner_fail(const char *fmt, const char *detail)
 	snprintf(owner.err, sizeof(owner.err), fmt, detail);
 }
 
+#if PY_VERSION_HEX < 0x030C0000
+/* Python 3.11 lacks PyErr_GetRaisedException (3.12+): the same from the (type, value, tb) API. */
+static PyObject *PyErr_GetRaisedException(void)
+{
+	PyObject *type, *value, *tb;
+
+	PyErr_Fetch(&type, &value, &tb);
+	if (!type) {
+		return NULL;
+	}
+	PyErr_NormalizeException(&type, &value, &tb);
+	if (value && tb) {
+		PyException_SetTraceback(value, tb);
+	}
+	Py_XDECREF(type);
+	Py_XDECREF(tb);
+	return value;
+}
+#endif
+
 /* Turn the pending Python exception into one line: "ModuleNotFoundError: No module named 'x'". */
 static void owner_fail_from_exception(const char *what)
 {
@@ -113,6 +133,61 @@ static int init_interpreter(void)
 	return 0;
 }
 
+/* Call convai.deps.FUNC(); a new reference to its result, or NULL with owner.err set. */
+static PyObject *call_deps(const char *func)
+{
+	PyObject *deps = PyImport_ImportModule("convai.deps");
+	PyObject *res;
+
+	if (!deps) {
+		owner_fail_from_exception("cannot import convai.host (convai.deps)");
+		return NULL;
+	}
+	res = PyObject_CallMethod(deps, func, NULL);
+	Py_DECREF(deps);
+	if (!res) {
+		owner_fail_from_exception("convai.deps failed");
+	}
+	return res;
+}
+
+/* Before anything imports a dependency: a version too old declines with deps.check()'s line
+ * (package, version found, minimum, fix). Importing it first would leave the old one in the
+ * interpreter, which outlives this load attempt. */
+static int check_dependencies(void)
+{
+	PyObject *res = call_deps("check");
+	const char *line;
+
+	if (!res) {
+		return -1;
+	}
+	if (res == Py_None) {
+		Py_DECREF(res);
+		return 0;
+	}
+	line = PyUnicode_Check(res) ? PyUnicode_AsUTF8(res) : NULL;
+	owner_fail("%s", line ? line : "convai.deps.check() returned no text");
+	PyErr_Clear();
+	Py_DECREF(res);
+	return -1;
+}
+
+/* After a failed import: say so when a restart of Asterisk is needed before the next load. */
+static void append_restart_note(void)
+{
+	char first[sizeof(owner.err)];
+	PyObject *res;
+	const char *note;
+
+	snprintf(first, sizeof(first), "%s", owner.err);
+	res = call_deps("restart_note");
+	note = res && PyUnicode_Check(res) ? PyUnicode_AsUTF8(res) : NULL;
+	snprintf(owner.err, sizeof(owner.err), "%s%s", first, note ? note : "");
+	PyErr_Clear();
+	Py_XDECREF(res);
+}
+
 /* Import convai.host from owner.dir and boot it; returns a new reference to the module. */
 static PyObject *boot_host(void)
 {
@@ -126,9 +201,13 @@ static PyObject *boot_host(void)
 		return NULL;
 	}
 	Py_DECREF(dir);
+	if (check_dependencies()) {
+		return NULL;
+	}
 	mod = PyImport_ImportModule("convai.host");
 	if (!mod) {
 		owner_fail_from_exception("cannot import convai.host");
+		append_restart_note();
 		return NULL;
 	}
 	res = PyObject_CallMethod(mod, "boot", "K", (unsigned long long) (uintptr_t) owner.host);

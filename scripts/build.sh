@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the module and the Python package with meson, inside the testbed (or any machine with
-# asterisk-dev and python3-dev), and stage them for the tests:
-#   /var/tmp/convai-build/app_elevenlabs_convai.so   the module
-#   /var/tmp/convai-stage/python                      the convai package with its cffi extension
+# asterisk-dev and python3-dev), and stage them for the tests (testbed.sh run sets the two dirs
+# per worktree, /var/tmp/convai-{build,stage}.ID):
+#   $CONVAI_BUILD_DIR/app_elevenlabs_convai.so   the module
+#   $CONVAI_STAGE_DIR/python                      the convai package with its cffi extension
 # The XML docs go into the system's Asterisk documentation dir so `core show application` works.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,5 +23,10 @@ DESTDIR="$stage" meson install -C "$build" --quiet
 pydir=$(find "$stage" -type d -name convai -path '*asterisk-elevenlabs-convai*' | head -n 1)
 ln -sfn "$(dirname "$pydir")" "$stage/python"
 xml=$(find "$stage" -name 'app_elevenlabs_convai-en_US.xml' | head -n 1)
-install -D -m 644 "$xml" /usr/share/asterisk/documentation/thirdparty/app_elevenlabs_convai-en_US.xml
+# The running Asterisk's data dir: Debian's /usr/share/asterisk, a source install's /var/lib/asterisk.
+datadir=${CONVAI_ASTERISK_DATADIR:-}
+for d in /usr/share/asterisk /var/lib/asterisk; do
+  [ -n "$datadir" ] || [ ! -f "$d/documentation/core-en_US.xml" ] || datadir=$d
+done
+install -D -m 644 "$xml" "${datadir:-/usr/share/asterisk}/documentation/thirdparty/app_elevenlabs_convai-en_US.xml"
 echo "built: $build/app_elevenlabs_convai.so; python: $stage/python"

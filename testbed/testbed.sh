@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
-# The integration-test bed: a Debian sid root (Asterisk 22, Python 3, sipp, sox, ...) built with
-# debootstrap and entered with chroot inside a private mount namespace, so no mount outlives a
-# command.
+# The integration-test bed: Debian roots built with debootstrap and entered with chroot inside a
+# private mount namespace, so no mount outlives a command. One root per flavour:
 #
-#   testbed/testbed.sh provision        build the root, or reuse it (idempotent, cached, locked)
-#   testbed/testbed.sh run [--] CMD...  run CMD in the root: repo at /src (read-write), cwd /src
-#   testbed/testbed.sh shell            an interactive shell in the root
-#   testbed/testbed.sh status           what is there; exit 0 only when the root is ready
-#   testbed/testbed.sh destroy          remove the root
+#   sid             Debian sid, Python 3.14, Asterisk 22 from Debian's packages (the default)
+#   bookworm-ast20  Debian 12, Python 3.11, Asterisk 20.20.1 built from source
+#   trixie-ast23    Debian 13, Python 3.13, Asterisk 23.4.1 built from source
+#
+#   testbed/testbed.sh [--flavour F] provision   build the root, or reuse it (idempotent, cached, locked)
+#   testbed/testbed.sh [--flavour F] run [--scratch] [--] CMD...
+#                       run CMD in the root: repo at /src (read-write), cwd /src; --scratch runs it
+#                       on a throw-away overlay of the root (nothing it installs stays)
+#   testbed/testbed.sh [--flavour F] shell       an interactive shell in the root
+#   testbed/testbed.sh [--flavour F] status      what is there; exit 0 only when the root is ready
+#   testbed/testbed.sh [--flavour F] destroy     remove the root
+#   testbed/testbed.sh flavours                  the flavours: name, Debian suite, Python, Asterisk
+#
+# A source flavour's root is: debootstrap + testbed/packages-source.txt, then the Asterisk release
+# tree from shared/asterisk-src (SHA256SUMS checked) configured without bundled pjproject/jansson,
+# the modules of testbed/asterisk-modules.txt, `make -j2 install install-headers`; then the
+# prerequisites block of docs/INSTALL.md for its Debian release, run verbatim.
 #
 # Environment:
-#   CONVAI_TESTBED         root location (default /var/cache/app-elevenlabs-convai/testbed)
+#   CONVAI_FLAVOUR         the flavour when --flavour is not given (default sid)
+#   CONVAI_TESTBED         the sid root's location (default /var/cache/app-elevenlabs-convai/testbed)
+#   CONVAI_TESTBED_BASE    where the other flavours' roots live (default /var/cache/app-elevenlabs-convai);
+#                          each is testbed-FLAVOUR there
 #   CONVAI_TESTBED_MIRROR  Debian mirror (default http://deb.debian.org/debian)
-#   CONVAI_TESTBED_SUITE   Debian suite (default sid)
-# `run` passes CI and every CONVAI_* variable through; everything else is reset.
+#   CONVAI_TESTBED_SUITE   Debian suite of the sid flavour (default sid)
+#   CONVAI_ASTERISK_SRC    the Asterisk source tarballs (default: shared/asterisk-src beside the repo)
+# `run` passes CI and every CONVAI_* variable through; everything else is reset. It sets
+# CONVAI_BUILD_DIR, CONVAI_STAGE_DIR, CONVAI_MODULE and CONVAI_PYTHON_DIR (unless set) to
+# /var/tmp/convai-{build,stage}.ID in the root, ID from the repository's path: worktrees sharing
+# a root do not overwrite each other's builds.
 set -euo pipefail
 
 # Bump when the way the root is built changes: a root made by another version is rebuilt.
 PROVISION_VERSION=1
+# The source flavours' build recipe has its own version: bumping it rebuilds only those roots.
+SOURCE_VERSION=1
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}
 export PATH LC_ALL=C
@@ -25,12 +45,45 @@ export PATH LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 SELF=$HERE/$(basename "${BASH_SOURCE[0]}")
 REPO=$(cd "$HERE/.." && pwd -P)
-PACKAGES_FILE=$HERE/packages.txt
 MIRROR=${CONVAI_TESTBED_MIRROR:-http://deb.debian.org/debian}
-SUITE=${CONVAI_TESTBED_SUITE:-sid}
 ROOT_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE=${CONVAI_TESTBED_BASE:-/var/cache/app-elevenlabs-convai}
+INSTALL_MD=$REPO/docs/INSTALL.md
 
-ROOT=${CONVAI_TESTBED:-/var/cache/app-elevenlabs-convai/testbed}
+# The flavours: name, Debian suite, Python, Asterisk (what `flavours` prints, test.sh iterates).
+FLAVOURS_TABLE="\
+sid             sid       3.14  22 (Debian's asterisk package)
+bookworm-ast20  bookworm  3.11  20.20.1 (from source)
+trixie-ast23    trixie    3.13  23.4.1 (from source)"
+FLAVOUR=${CONVAI_FLAVOUR:-sid}
+if [ "${1:-}" = --flavour ]; then
+  FLAVOUR=${2:?--flavour needs a name}
+  shift 2
+elif [ "${1:-}" != "${1#--flavour=}" ]; then
+  FLAVOUR=${1#--flavour=}
+  shift
+fi
+AST_VERSION="" # set for the flavours whose Asterisk is built from source
+case $FLAVOUR in
+  sid)
+    SUITE=${CONVAI_TESTBED_SUITE:-sid}
+    PACKAGES_FILE=$HERE/packages.txt
+    ROOT=${CONVAI_TESTBED:-$BASE/testbed}
+    ;;
+  bookworm-ast20 | trixie-ast23)
+    SUITE=${FLAVOUR%-ast*}
+    AST_VERSION=$(awk -v f="$FLAVOUR" '$1 == f { print $4 }' <<<"$FLAVOURS_TABLE")
+    PACKAGES_FILE=$HERE/packages-source.txt
+    ROOT=$BASE/testbed-$FLAVOUR
+    ;;
+  *)
+    printf '[testbed] ERROR: unknown flavour %s (known: %s)\n' "$FLAVOUR" \
+      "$(awk '{ print $1 }' <<<"$FLAVOURS_TABLE" | paste -sd ' ')" >&2
+    exit 2
+    ;;
+esac
+MODULES_FILE=$HERE/asterisk-modules.txt
+export CONVAI_FLAVOUR=$FLAVOUR # seen by the tests in the root (run passes CONVAI_* through)
 case $ROOT in /*) ;; *) ROOT=$PWD/$ROOT ;; esac
 ROOT=$(realpath -m -- "$ROOT")
 NEW=$ROOT.new
@@ -58,8 +111,18 @@ packages() {
   [ -f "$PACKAGES_FILE" ] || die "missing $PACKAGES_FILE"
   sed 's/#.*//' "$PACKAGES_FILE" | tr -s '[:blank:]' '\n' | sed '/^$/d' | sort -u
 }
-packages_sha() { packages | sha256sum | cut -d' ' -f1; }
-version_sha() { printf 'provision-version=%s suite=%s\n' "$PROVISION_VERSION" "$SUITE" | sha256sum | cut -d' ' -f1; }
+# The prerequisites block of docs/INSTALL.md that a source flavour runs (empty for sid).
+prereq_block() { [ -z "$AST_VERSION" ] || bash "$HERE/install-md.sh" "prerequisites-$SUITE" "$INSTALL_MD"; }
+packages_sha() { { packages; prereq_block; } | sha256sum | cut -d' ' -f1; }
+version_sha() {
+  {
+    printf 'provision-version=%s suite=%s\n' "$PROVISION_VERSION" "$SUITE"
+    if [ -n "$AST_VERSION" ]; then
+      printf 'source-version=%s asterisk=%s\n' "$SOURCE_VERSION" "$AST_VERSION"
+      sed 's/#.*//; /^[[:space:]]*$/d' "$MODULES_FILE"
+    fi
+  } | sha256sum | cut -d' ' -f1
+}
 marker_get() { sed -n "s/^$1=//p" "$MARKER" 2>/dev/null | head -n 1; }
 
 lock() { # lock MODE(-x|-s): held on fd 9 until this shell exits
@@ -111,16 +174,36 @@ ensure_host_tools() {
 # the hidden subcommand __ns). SRC=1 also binds the repo at /src; CWD is the working directory.
 # Provisioning commands inherit the lock (fd 9): if this script is killed, whatever they leave
 # running keeps the lock until it ends, so no second provision can race with it.
+# SCRATCH=DIR mounts an overlay of ROOTDIR (upper and work dirs in DIR) and enters that instead,
+# in a PID namespace of its own too: whatever the command leaves running dies with it.
 in_root() { # in_root ROOTDIR CMD...
   local r=$1
   shift
-  unshare -m --propagation private -- bash "$SELF" __ns "$r" "${SRC:-0}" "${CWD:-/}" "$@"
+  if [ -n "${SCRATCH:-}" ]; then
+    unshare -m --pid --fork --kill-child --propagation private -- \
+      bash "$SELF" __ns "$r" "${SRC:-0}" "${CWD:-/}" "$@"
+  else
+    unshare -m --propagation private -- bash "$SELF" __ns "$r" "${SRC:-0}" "${CWD:-/}" "$@"
+  fi
+}
+
+# pip in the root reaches PyPI only through the host's CA bundle (a TLS-inspecting proxy's CA
+# may be in it): the host's replaces the root's, as resolv.conf does.
+host_ca() { # host_ca ROOTDIR
+  local ca=/etc/ssl/certs/ca-certificates.crt
+  [ -s "$ca" ] && [ -d "$1/etc/ssl/certs" ] || return 0
+  cmp -s "$ca" "$1$ca" || cp -L "$ca" "$1$ca" 2>/dev/null || true
 }
 
 ns_enter() { # (inside the namespace) __ns ROOTDIR SRC CWD CMD...
   local r=$1 src=$2 cwd=$3 v
   shift 3
   [ $# -gt 0 ] || set -- /bin/bash
+  if [ -n "${SCRATCH:-}" ]; then
+    mkdir -p "$SCRATCH/upper" "$SCRATCH/work" "$SCRATCH/merged"
+    mount -t overlay overlay -o "lowerdir=$r,upperdir=$SCRATCH/upper,workdir=$SCRATCH/work" "$SCRATCH/merged"
+    r=$SCRATCH/merged
+  fi
   mount -t proc proc "$r/proc"
   mount -t sysfs sysfs "$r/sys" 2>/dev/null || true
   mount --bind /dev "$r/dev"
@@ -133,6 +216,7 @@ ns_enter() { # (inside the namespace) __ns ROOTDIR SRC CWD CMD...
   fi
   rm -f "$r/etc/resolv.conf"
   cp -L /etc/resolv.conf "$r/etc/resolv.conf" 2>/dev/null || true
+  host_ca "$r"
   local env=(HOME=/root "PATH=$ROOT_PATH" LANG=C.UTF-8 SHELL=/bin/bash DEBIAN_FRONTEND=noninteractive)
   [ -n "${TERM:-}" ] && env+=("TERM=$TERM")
   for v in $(compgen -e); do
@@ -142,8 +226,88 @@ ns_enter() { # (inside the namespace) __ns ROOTDIR SRC CWD CMD...
   exec chroot "$r" /usr/bin/env -i "${env[@]}" /bin/sh -c 'cd "$0" && exec "$@"' "$cwd" "$@"
 }
 
-health() { # health ROOTDIR: asterisk and the Python dependencies answer
-  in_root "$1" /bin/sh -c 'asterisk -V && python3 -c "import websockets, aiohttp, cffi; import sys; print(\"Python\", sys.version.split()[0])"'
+health() { # health ROOTDIR: asterisk (and its headers) and the Python dependencies answer
+  in_root "$1" /bin/sh -c 'asterisk -V && test -f /usr/include/asterisk/buildopts.h &&
+    python3 -c "import websockets, aiohttp, cffi; import sys; print(\"Python\", sys.version.split()[0])"'
+}
+
+# The directory holding the Asterisk release tarballs and their SHA256SUMS.
+asterisk_src_dir() {
+  local d
+  for d in "${CONVAI_ASTERISK_SRC:-}" "$REPO/../shared/asterisk-src" "$REPO/../../shared/asterisk-src" \
+    /work/shared/asterisk-src; do
+    [ -n "$d" ] && [ -f "$d/SHA256SUMS" ] && {
+      (cd "$d" && pwd -P)
+      return 0
+    }
+  done
+  die "no Asterisk source tarballs (SHA256SUMS) found: set CONVAI_ASTERISK_SRC"
+}
+
+# A minimal Asterisk from the release tree, built and installed inside the root DIR: Debian's
+# libjansson (the bundled one would be downloaded), no pjproject (so no chan_pjsip), only the
+# modules of asterisk-modules.txt, no sound downloads. Log: $ROOT.asterisk.log.
+build_asterisk() { # build_asterisk DIR
+  local r=$1 src tarball t mods
+  t=$(now)
+  src=$(asterisk_src_dir)
+  tarball=asterisk-$AST_VERSION.tar.xz
+  [ -f "$src/$tarball" ] || die "$src/$tarball is missing"
+  log "checking $tarball against $src/SHA256SUMS ..."
+  (cd "$src" && grep -E "  $tarball\$" SHA256SUMS | sha256sum -c --strict --quiet -) ||
+    die "$src/$tarball does not match SHA256SUMS"
+  mkdir -p "$r/usr/src"
+  rm -rf -- "$r/usr/src/asterisk-$AST_VERSION"
+  tar -C "$r/usr/src" -xJf "$src/$tarball"
+  mods=$(sed 's/#.*//' "$MODULES_FILE" | tr -s '[:blank:]' '\n' | sed '/^$/d' | paste -sd ' ')
+  log "building Asterisk $AST_VERSION (core + $(wc -w <<<"$mods") modules, make -j2; log: $ROOT.asterisk.log) ..."
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  if ! CWD=/usr/src/asterisk-$AST_VERSION in_root "$r" /bin/bash -euo pipefail -c '
+    ./configure --prefix=/usr --libdir=/usr/lib --sysconfdir=/etc --localstatedir=/var \
+      --with-jansson --without-jansson-bundled --without-pjproject-bundled --without-pjproject
+    make menuselect.makeopts
+    args=(--disable-all)
+    for c in MENUSELECT_CORE_SOUNDS MENUSELECT_MOH MENUSELECT_EXTRA_SOUNDS; do args+=(--disable-category "$c"); done
+    for m in $0; do args+=(--enable "$m"); done
+    menuselect/menuselect "${args[@]}" menuselect.makeopts
+    make -j2
+    make install
+    make install-headers
+    ldconfig
+    asterisk -V
+  ' "$mods" >"$ROOT.asterisk.log" 2>&1; then
+    tail -n 40 "$ROOT.asterisk.log" >&2
+    die "the Asterisk build failed; full log: $ROOT.asterisk.log"
+  fi
+  local m missing=()
+  for m in $mods; do [ -f "$r/usr/lib/asterisk/modules/$m.so" ] || missing+=("$m"); done
+  [ ${#missing[@]} -eq 0 ] || die "Asterisk $AST_VERSION built without: ${missing[*]} (see $ROOT.asterisk.log)"
+  rm -rf -- "$r/usr/src/asterisk-$AST_VERSION"
+  log "Asterisk $AST_VERSION built and installed: $(since "$t")"
+}
+
+# Debian's sound packages install to /usr/share/asterisk/sounds/en_US_f_Allison; a source
+# install reads ASTDATADIR/sounds/en with ASTDATADIR=/var/lib/asterisk.
+link_sounds() { # link_sounds DIR
+  local r=$1
+  mkdir -p "$r/var/lib/asterisk/sounds"
+  ln -sfn /usr/share/asterisk/sounds/en_US_f_Allison "$r/var/lib/asterisk/sounds/en"
+}
+
+# The prerequisites block of docs/INSTALL.md for this Debian release, verbatim, as root.
+run_prerequisites() { # run_prerequisites DIR
+  local r=$1 t
+  t=$(now)
+  log "running docs/INSTALL.md's prerequisites-$SUITE block in the root (log: $ROOT.prereq.log) ..."
+  prereq_block | sed 's/^/[testbed]   | /' >&2
+  # shellcheck disable=SC2016
+  if ! in_root "$r" /bin/bash -euxo pipefail -c "$(prereq_block)" >"$ROOT.prereq.log" 2>&1; then
+    tail -n 40 "$ROOT.prereq.log" >&2
+    die "INSTALL.md's prerequisites-$SUITE block failed; full log: $ROOT.prereq.log"
+  fi
+  in_root "$r" apt-get clean
+  link_sounds "$r"
+  log "prerequisites: $(since "$t")"
 }
 
 # Why the root at $ROOT cannot be used as it is (empty when it can).
@@ -191,6 +355,7 @@ configure_root() { # apt and dpkg settings for a chroot that never runs daemons
   chmod 755 "$r/usr/sbin/policy-rc.d"
   rm -f "$r/etc/resolv.conf"
   cp -L /etc/resolv.conf "$r/etc/resolv.conf"
+  host_ca "$r"
 }
 
 apt_install_all() { # apt_install_all ROOTDIR: finish what debootstrap left, then every listed package
@@ -254,6 +419,10 @@ build_from_scratch() {
   configure_root "$NEW"
   apt_install_all "$NEW"
   log "apt-get completion: $(since "$t2")"
+  if [ -n "$AST_VERSION" ]; then
+    build_asterisk "$NEW"
+    run_prerequisites "$NEW"
+  fi
   health "$NEW" >&2 || die "the new root fails its health check (asterisk -V / python3 imports)"
   write_marker "$NEW" "$create"
   mv -T -- "$NEW" "$ROOT"
@@ -271,6 +440,7 @@ install_difference() {
   [ -z "$removed" ] || log "removed packages stay installed (run 'destroy' then 'provision' for a clean root)"
   configure_root "$ROOT"
   apt_install_all "$ROOT"
+  [ -z "$AST_VERSION" ] || run_prerequisites "$ROOT"
   health "$ROOT" >&2 || die "the root fails its health check after installing the difference"
   write_marker "$ROOT" "$(marker_get created)"
   log "installed the difference in $(since "$t")"
@@ -311,21 +481,45 @@ need_ready() {
   [ -f "$MARKER" ] || die "no testbed at $ROOT: run '$SELF provision' first"
 }
 
+# Each worktree builds into its own dirs in the shared root (seven engineers share the sid root):
+# scripts/build.sh, the tests, the demo and the benchmarks read these variables.
+worktree_dirs() {
+  local id
+  id=$(printf '%s' "$REPO" | sha256sum | cut -c1-8)
+  export CONVAI_BUILD_DIR=${CONVAI_BUILD_DIR:-/var/tmp/convai-build.$id}
+  export CONVAI_STAGE_DIR=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage.$id}
+  export CONVAI_MODULE=${CONVAI_MODULE:-$CONVAI_BUILD_DIR/app_elevenlabs_convai.so}
+  export CONVAI_PYTHON_DIR=${CONVAI_PYTHON_DIR:-$CONVAI_STAGE_DIR/python}
+}
+
 cmd_run() {
   sanity
+  worktree_dirs
+  local scratch=""
+  if [ "${1:-}" = --scratch ]; then
+    scratch=$(mktemp -d "${TMPDIR:-/var/tmp}/convai-scratch.XXXXXX")
+    shift
+  fi
   [ "${1:-}" = -- ] && shift
-  [ $# -gt 0 ] || die "usage: testbed.sh run [--] CMD..."
+  [ $# -gt 0 ] || die "usage: testbed.sh run [--scratch] [--] CMD..."
   lock -s
   need_ready
   local rc=0
   # The command does not inherit the shared lock (this shell holds it until the command ends): a
-  # process it leaves behind must not block a later provision.
-  SRC=1 CWD=/src in_root "$ROOT" "$@" 9>&- || rc=$?
+  # process it leaves behind must not block a later provision. A scratch run holds it (its PID
+  # namespace ends with it), since the overlay's lower dir must not change under it.
+  if [ -n "$scratch" ]; then
+    SCRATCH=$scratch SRC=1 CWD=/src in_root "$ROOT" "$@" || rc=$?
+    rm -rf --one-file-system -- "$scratch"
+  else
+    SRC=1 CWD=/src in_root "$ROOT" "$@" 9>&- || rc=$?
+  fi
   return "$rc"
 }
 
 cmd_shell() {
   sanity
+  worktree_dirs
   lock -s
   need_ready
   local rc=0
@@ -372,7 +566,7 @@ cmd_destroy() {
 }
 
 usage() {
-  sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
 }
 
 main() {
@@ -384,6 +578,7 @@ main() {
     shell) cmd_shell "$@" ;;
     status) cmd_status "$@" ;;
     destroy) cmd_destroy "$@" ;;
+    flavours) printf '%s\n' "$FLAVOURS_TABLE" ;;
     __ns) ns_enter "$@" ;;
     -h | --help | help) usage ;;
     *)

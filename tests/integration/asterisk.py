@@ -35,7 +35,21 @@ from pathlib import Path
 from types import TracebackType
 
 ASTERISK = shutil.which("asterisk") or "/usr/sbin/asterisk"
-SYSTEM_DATADIR = "/usr/share/asterisk"
+
+
+def system_datadir() -> str:
+    """The installed Asterisk's data dir (sounds, XML docs): Debian's /usr/share/asterisk, or a
+    source install's /var/lib/asterisk (``CONVAI_ASTERISK_DATADIR`` overrides)."""
+    env = os.environ.get("CONVAI_ASTERISK_DATADIR")
+    if env:
+        return env
+    for cand in ("/usr/share/asterisk", "/var/lib/asterisk"):
+        if os.path.isfile(os.path.join(cand, "documentation", "core-en_US.xml")):
+            return cand
+    return "/usr/share/asterisk"
+
+
+SYSTEM_DATADIR = system_datadir()
 
 
 def system_moddir() -> Path:
@@ -101,8 +115,21 @@ DEFAULT_MODULES = [
     "bridge_simple",
     "res_timing_timerfd",
     "res_clioriginate",
-    *PJSIP_MODULES,
 ]
+# A source-built Asterisk without pjproject (the bookworm-ast20 and trixie-ast23 testbed flavours)
+# has no PJSIP: instances there start without it, and a test that needs SIP fails (it is marked
+# `sip`, which those flavours deselect).
+HAVE_PJSIP = (system_moddir() / "chan_pjsip.so").is_file()
+# The testbed flavour (testbed/testbed.sh sets CONVAI_FLAVOUR): its Asterisk major, and whether
+# it has PJSIP.
+FLAVOUR = os.environ.get("CONVAI_FLAVOUR", "sid")
+FLAVOUR_EXPECTS = {
+    "sid": ("22", True),
+    "bookworm-ast20": ("20", False),
+    "trixie-ast23": ("23", False),
+}
+if HAVE_PJSIP:
+    DEFAULT_MODULES += PJSIP_MODULES
 
 DEFAULT_EXTENSIONS = """\
 [general]

@@ -14,6 +14,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from asterisk import Asterisk, free_port
 from calls_util import (
@@ -551,4 +552,59 @@ def test_twenty_concurrent_calls_complete(
     print(f"{whole} of {n} calls checked frame for frame (the rest were barged into)")
     assert whole >= n // 2
     assert all(rec.user_transcripts for rec in sim.conversations), "a caller was not heard"
+    assert not ast.errors(), ast.errors()
+
+
+def test_ulaw_agent_audio_is_bit_exact_over_local_channels(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker, tmp_path: Path
+) -> None:
+    """The end-to-end audio check that runs on every flavour (the SIP/RTP one needs PJSIP): a
+    μ-law Local channel pair (AMI Originate with Codecs: ulaw), the caller leg records what it
+    hears into a .ulaw file (no translation on either leg). The recording holds the agent's
+    greeting byte for byte, contiguous, and nothing but μ-law silence around it."""
+    greeting = "Hello! You are talking to the simulator."
+    sim = simulator(Scenario(greeting=greeting, end_after_turns=1))
+    heard = tmp_path / "heard"
+    dialplan = DIALPLAN + (
+        f"\n[recorder]\nexten => record,1,Answer()\n"
+        f" same => n,Record({heard}.ulaw,0,30,qxk)\n same => n,Hangup()\n"
+    )
+    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, dialplan)
+    mark = ast.log_mark()
+    with AmiEvents(ast) as ami, ast.ami(events=False) as action:
+        reply = action.action(
+            "Originate",
+            Channel="Local/100@test",
+            Context="recorder",
+            Exten="record",
+            Priority="1",
+            Codecs="ulaw",
+            Async="true",
+        )
+        assert reply.get("Response") == "Success", reply
+        start = ami.wait("ElevenLabsConvAIStart", timeout=15)[0]
+        rec = _conversation(sim)
+        wait_until(lambda: rec.agent_responses, 10, "the greeting")
+        path = heard.with_suffix(".ulaw")
+
+        def greeting_recorded() -> bool:
+            utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
+            data = path.read_bytes() if path.exists() else b""
+            return bool(utts) and utts[0].audio in data
+
+        wait_until(greeting_recorded, 20, "the whole greeting in the caller's recording")
+        ast.cli(f"channel request hangup {caller_leg(start['Channel'])}")
+        ami.wait("ElevenLabsConvAIEnd", lambda e: e["Uniqueid"] == start["Uniqueid"], timeout=15)
+    ast.wait_no_channels(timeout=10)
+    assert (start["InputFormat"], start["OutputFormat"]) == ("ulaw_8000", "ulaw_8000"), start
+    utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
+    rx = path.read_bytes()
+    audio = utts[0].audio
+    at = rx.find(audio)
+    print(f"recorded {len(rx)} bytes; greeting {len(audio)} bytes at {at}")
+    assert utts[0].text == greeting and at >= 0, "the greeting was not heard bit-exact"
+    assert rx.find(audio, at + 1) < 0, "the greeting was heard twice"
+    outside = rx[:at] + rx[at + len(audio) :]
+    assert set(outside) <= {0xFF}, f"{sum(b != 0xFF for b in outside)} non-silent bytes besides it"
+    assert ast.log_text()[mark:].count("ElevenLabsConvAI(") == 1
     assert not ast.errors(), ast.errors()

@@ -52,6 +52,9 @@ from sipp import run_sipp, write_uac_scenario
 from convai import audio
 from convai.sim import Scenario, Simulator
 
+# chan_pjsip: the sid flavour only (scripts/test.sh selects by flavour).
+pytestmark = pytest.mark.sip
+
 FMT, CHUNK_MS, FRAME = "ulaw_8000", 100, 160
 SILENCE = 0xFF
 RESULT_RE = r"app_verbose\.c: RESULT status=(\S+) reason=(\S+) conv=(\w*)$"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
 from asterisk import AMI, Asterisk, Message
 from convai_fixtures import (
     DIALPLAN_BY_AGENT,
@@ -116,6 +117,7 @@ def ours(ev: Message, uniqueid: str | None = None) -> bool:
 # --- CLI ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sip
 def test_show_agents_calls_and_call_during_a_sip_call(
     simulator: Callable[..., Simulator], convai_asterisk: Callable[..., Asterisk]
 ) -> None:
@@ -292,6 +294,7 @@ def test_help_completion_and_usage(
     assert "debug off" in ast.cli("elevenlabs show agents")
 
 
+@pytest.mark.sip
 def test_debug_on_off_switches_the_protocol_log_at_run_time(
     simulator: Callable[..., Simulator], convai_asterisk: Callable[..., Asterisk]
 ) -> None:
@@ -390,6 +393,7 @@ def test_manager_events_are_documented(
     assert "EventID" in ast.cli("manager show event ElevenLabsConvAIInterruption")
 
 
+@pytest.mark.sip
 def test_manager_events_order(
     simulator: Callable[..., Simulator], convai_asterisk: Callable[..., Asterisk]
 ) -> None:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import __version__ as _aiohttp_version
 
 from convai import audio
 from convai.sim import contract, speech
@@ -46,6 +47,7 @@ __all__ = [
     "Simulator",
 ]
 
+_AIOHTTP_VERSION = tuple(int(x) for x in _aiohttp_version.split(".")[:2])
 log = logging.getLogger("convai.sim")
 
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
@@ -472,7 +474,15 @@ class Simulator:
         app.router.add_get(SIGNED_URL_PATH_DEPRECATED, self._handle_signed_url)
         app.router.add_get(WS_PATH, self._handle_ws)
         # A short shutdown: stop() must not wait a minute for a delayed signed-URL reply.
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+        # aiohttp < 3.9 (Debian 12's 3.8) takes the timeout on the site, later ones on the runner.
+        on_site = _AIOHTTP_VERSION < (3, 9)
+        shutdown: dict[str, float] = {"shutdown_timeout": 2.0}
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            **({} if on_site else shutdown),  # type: ignore[arg-type]
+        )
         await runner.setup()
         # The benchmark opens 100+ connections at once: a deep accept backlog.
         site = web.TCPSite(
@@ -482,6 +492,7 @@ class Simulator:
             reuse_address=True,
             backlog=1024,
             ssl_context=self.ssl_context,
+            **(shutdown if on_site else {}),  # type: ignore[arg-type]
         )
         await site.start()
         self._runner = runner
