@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import threading
 import time
 from typing import Any
 
+from asterisk import AsteriskError
 from calls_util import AmiEvents
 
-from cluster import PROXY_IP, Cluster, Node, SippRun, wait_until
+from cluster import PROXY_IP, Cluster, Kamailio, Node, SippRun, wait_until
 
 
 def _completed_on_nodes(farm: Cluster, run: SippRun, nodes: list[Node]) -> dict[str, str]:
@@ -58,7 +61,7 @@ def _failovers(farm: Cluster, since: float) -> list[tuple[float, str, str]]:
     assert farm.kamailio is not None
     return [
         (t, m.group(1), m.group(2))
-        for t, m in farm.kamailio.matching(r"failover (\S+) to (\S+)", since)
+        for t, m in farm.kamailio.matching(r"failover (\S+) to (\S+) after", since)
     ]
 
 
@@ -217,6 +220,57 @@ def test_node_killed_mid_run_fails_over_and_comes_back(
     )
 
 
+def test_node_stopping_gracefully_fails_over_on_5xx(farm: Cluster, results: dict[str, Any]) -> None:
+    """node3 gets `core stop gracefully` while it holds calls: it takes no new call (INVITEs
+    get a 5xx, the probes a 503). INVITEs Kamailio still sends it are retried on another node,
+    the probes mark it down, its own calls finish normally, and then Asterisk exits. No call
+    fails."""
+    k = farm.kamailio
+    assert k is not None
+    node = farm.nodes[2]
+    run = farm.calls(24, rate=3, duration_ms=6000, name="graceful")
+    wait_until(lambda: len(farm.live_calls(node)) >= 2, 20, "node3 holding 2 calls")
+    held = farm.live_calls(node)
+    t_stop = time.time()
+
+    # The CLI command returns only when Asterisk exits: send it from a thread.
+    def stop_gracefully() -> None:
+        with contextlib.suppress(AsteriskError, subprocess.TimeoutExpired):
+            node.ast.cli("core stop gracefully", timeout=60)
+
+    stopper = threading.Thread(target=stop_gracefully)
+    stopper.start()
+    down = wait_until_value(
+        lambda: k.matching(rf"node down: {node.uri}$", t_stop), 30, "node3 marked down"
+    )
+    run.wait()
+    proc = node.ast.proc
+    assert proc is not None
+    proc.wait(timeout=30)
+    stopper.join(timeout=5)
+
+    assert run.returncode == 0, run.output[-2000:]
+    assert len(run.completed) == 24 and not run.failed, (len(run.completed), run.failed)
+    where = _completed_on_nodes(farm, run, farm.nodes)
+    assert held and all(where[c] == node.name for c in held), held
+    # INVITEs that reached node3 after the stop were refused with a 5xx and retried elsewhere.
+    refused = [
+        (t, m.group(1), m.group(2), int(m.group(3)))
+        for t, m in k.matching(r"failover (\S+) to (\S+) after (\d+)", t_stop)
+    ]
+    assert refused, "no INVITE reached node3 while it was stopping"
+    for _, callid, uri, code in refused:
+        assert 500 <= code < 600 and uri != node.uri and where[callid] != node.name, (callid, code)
+    late = [d for d in _dispatched(farm, down[0][0] + 0.01) if d[2] == node.uri]
+    assert not late, late
+    farm.restart(node)
+    k.wait_state(node.uri, active=True, timeout=30)
+    results["graceful_failovers_5xx"] = sorted({code for *_, code in refused})
+    results["graceful_failover_count"] = len(refused)
+    results["graceful_detection_s"] = round(down[0][0] - t_stop, 2)
+    results["graceful_calls_finished_on_node"] = len(held)
+
+
 def test_rolling_reload_while_calls_run(farm: Cluster, results: dict[str, Any]) -> None:
     """`elevenlabs reload` rolled across the nodes, one after the other, while 24 calls (2 per
     second, 6 s each) run: no call fails, and calls that start on a node after its reload run
@@ -293,6 +347,47 @@ def test_drain_a_node_for_maintenance(farm: Cluster, results: dict[str, Any]) ->
     results["drain_calls_finished_on_node"] = len(held)
     results["drain_dispatcher_flags"] = drained_flags
     results["drain_node_stopped_after_s"] = round(t_stopped - t_drain, 2)
+
+
+def test_a_full_farm_refuses_calls_with_503(farm: Cluster, results: dict[str, Any]) -> None:
+    """Every node at its `maxload` (2 here, 200 in deploy/kamailio/dispatcher.list): Kamailio
+    refuses the next call at once with a 503, rather than overloading a node; the calls it
+    took all complete."""
+    k = farm.kamailio
+    assert k is not None
+    _reload_list(k, maxload=2)
+    try:
+        since = time.time()
+        run = farm.calls(9, rate=20, duration_ms=4000, name="full").wait()
+        refused = {m.group(1) for _, m in k.matching(r"no node available for (\S+)$", since)}
+        assert len(run.answered) == 6 and len(run.completed) == 6, run.output[-2000:]
+        assert len(refused) == 3 and not refused & set(run.answered), refused
+        assert run.stat("Failed call") == 3
+        where = _completed_on_nodes(farm, run, farm.nodes)
+        per_node = {n.name: sum(1 for v in where.values() if v == n.name) for n in farm.nodes}
+        assert set(per_node.values()) == {2}, per_node
+    finally:
+        _reload_list(k, maxload=200)
+    results["full_farm_refused_503"] = len(refused)
+
+
+def _reload_list(k: Kamailio, maxload: int) -> None:
+    """Rewrite dispatcher.list with ``maxload`` and ``kamcmd dispatcher.reload`` it (the
+    module takes one reload per 5 s and refuses the others: retry until it shows)."""
+    k.maxload = maxload
+    k.write_list()
+
+    def reloaded() -> bool:
+        with contextlib.suppress(RuntimeError):
+            k.rpc("dispatcher.reload")
+        if k.rpc("dispatcher.list").count(f"MAXLOAD: {maxload}") == len(k.nodes):
+            return True
+        time.sleep(0.5)
+        return False
+
+    wait_until(reloaded, 15, f"maxload {maxload} in the dispatcher")
+    for n in k.nodes:
+        k.wait_state(n.uri, active=True, timeout=15)
 
 
 def wait_until_value(predicate: Any, timeout: float, what: str) -> Any:

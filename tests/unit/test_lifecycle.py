@@ -91,10 +91,14 @@ def test_status_of_each_reason(reason: p.EndReason, status: Status) -> None:
     ("talked", "reason", "play_out"),
     [
         (True, R.COMPLETED, True),
+        (True, R.AGENT_ENDED_CALL, True),
+        (True, R.MAX_DURATION, True),
         (True, R.NETWORK_LOSS, True),  # issue 11 (4): a reset does not cut received words
-        (True, R.SERVER_ERROR, True),
-        (True, R.MESSAGE_TOO_BIG, True),
         (True, R.TRANSFER, True),
+        (True, R.SERVER_ERROR, False),  # the server broke it off: the fallback at once
+        (True, R.POLICY_VIOLATION, False),
+        (True, R.TIMEOUT, False),
+        (True, R.MESSAGE_TOO_BIG, False),
         (True, R.CALLER_HANGUP, False),  # no one to hear them
         (True, R.SHUTDOWN, False),  # Asterisk must stop promptly
         (False, R.NETWORK_LOSS, False),  # nothing was said
@@ -160,3 +164,10 @@ def test_close_outcome_from_the_server() -> None:
     )
     err = p.ErrorEvent(1002, "transport_receive_timeout", "no audio")
     assert outcome(rcvd=(1002, ""), error=err) == (R.TIMEOUT, "transport_receive_timeout: no audio")
+
+
+def test_the_servers_close_reason_is_made_printable() -> None:
+    assert outcome(rcvd=(1011, "boom\r\nERROR[1]: forged")) == (
+        R.SERVER_ERROR,
+        "server closed the connection with 1011 (boom\\x0d\\x0aERROR[1]: forged)",
+    )
