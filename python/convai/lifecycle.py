@@ -119,7 +119,13 @@ class Lifecycle:
         return self.phase in LIVE
 
     def to(self, phase: Phase) -> None:
-        """Move to ``phase``; a move the machine does not have is a bug of ours."""
+        """Move to ``phase``; a move the machine does not have is a bug of ours. CLOSING is
+        entered only by :meth:`end`, so there is never a CLOSING without a decision."""
+        if phase is Phase.CLOSING:
+            raise RuntimeError("CLOSING is entered with end(), which says why")
+        self._move(phase)
+
+    def _move(self, phase: Phase) -> None:
         if phase not in _NEXT[self.phase]:
             raise RuntimeError(f"no move from {self.phase.name} to {phase.name}")
         self.phase = phase
@@ -134,7 +140,7 @@ class Lifecycle:
         if self.ending is not None or not self.live:
             return False
         self.ending = Ending(reason, detail, close)
-        self.to(Phase.CLOSING)
+        self._move(Phase.CLOSING)
         return True
 
     def outcome(self) -> Outcome:
