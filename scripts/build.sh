@@ -10,10 +10,13 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 build=${CONVAI_BUILD_DIR:-/var/tmp/convai-build}
 stage=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage}
 
+# -Dwerror=true: the tests' build is warning-free (-Wall -Wextra) against every flavour's
+# Asterisk and Python, or it fails.
 if [ -f "$build/build.ninja" ]; then
-  meson setup --reconfigure "$build" "$src" >/dev/null
+  meson setup --reconfigure -Dwerror=true "$build" "$src" >/dev/null
 else
-  meson setup "$build" "$src" --prefix=/usr --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
+  meson setup "$build" "$src" -Dwerror=true --prefix=/usr \
+    --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
 fi
 ninja -C "$build"
 rm -rf "$stage"

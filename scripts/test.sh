@@ -297,15 +297,19 @@ matrix() {
 }
 trap matrix EXIT
 
-for col in "${COLUMNS_[@]}"; do
-  for line in "${PHASES[@]}"; do
-    read -r name flav needs when cmd <<<"$line"
-    applies "$flav" "$col" || continue
-    selected "$name" || continue
-    [ "$when" = full ] && [ "$subset" = 1 ] && continue
-    [ "$col" != host ] || [ "$host" = 1 ] || continue
-    run_phase "$col" "$name" "$needs" "$cmd"
+run_all() {
+  local col line name flav needs when cmd
+  for col in "${COLUMNS_[@]}"; do
+    for line in "${PHASES[@]}"; do
+      read -r name flav needs when cmd <<<"$line"
+      applies "$flav" "$col" || continue
+      selected "$name" || continue
+      [ "$when" = full ] && [ "$subset" = 1 ] && continue
+      [ "$col" != host ] || [ "$host" = 1 ] || continue
+      run_phase "$col" "$name" "$needs" "$cmd"
+    done
   done
-done
+}
 
-exit "$failed"
+# One line, parsed whole before it runs: editing this file during a run does no harm.
+run_all; exit "$failed"

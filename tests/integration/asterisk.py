@@ -115,6 +115,12 @@ DEFAULT_MODULES = [
     "bridge_simple",
     "res_timing_timerfd",
     "res_clioriginate",
+    # What Asterisk 20 requires for two of the above (app_mixmonitor: func_periodic_hook, which
+    # needs app_chanspy; app_stack: res_agi, which needs res_speech).
+    "func_periodic_hook",
+    "app_chanspy",
+    "res_agi",
+    "res_speech",
 ]
 # A source-built Asterisk without pjproject (the bookworm-ast20 and trixie-ast23 testbed flavours)
 # has no PJSIP: instances there start without it, and a test that needs SIP fails (it is marked
