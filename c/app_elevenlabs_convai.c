@@ -8,7 +8,7 @@
  *
  * The glue, as apps/app_audiosocket.c: the documentation, the application's entry point and
  * load/unload. The rest of the Asterisk side is split by concern (see convai_private.h):
- * config.c, runtime.c, call.c, events.c and cli.c. The protocol runs in Python (python/convai).
+ * config.c, runtime.c, call.c, transfer.c, events.c and cli.c. The protocol runs in Python (python/convai).
  */
 
 /*** MODULEINFO
@@ -68,6 +68,10 @@
 					<value name="COMPLETED">The conversation ended normally.</value>
 					<value name="HANGUP">The caller hung up.</value>
 					<value name="FAILED">The conversation could not start or broke off.</value>
+					<value name="TRANSFER">The agent transferred the caller: a blind transfer
+					continues in the dialplan at the target (or the caller was REFERred); a warm
+					transfer bridged the caller with the target, and the app returns when the
+					bridge ends.</value>
 				</variable>
 				<variable name="ELEVENLABS_END_REASON">
 					<para>Why it ended: <literal>completed</literal>, <literal>agent_ended_call</literal>,
@@ -78,6 +82,14 @@
 					<literal>unsupported_format</literal>, <literal>unknown_agent</literal>,
 					<literal>runtime_unavailable</literal>, <literal>start_timeout</literal>,
 					<literal>shutdown</literal>, <literal>message_too_big</literal>.</para>
+				</variable>
+				<variable name="ELEVENLABS_TRANSFER_TARGET">
+					<para>With <literal>ELEVENLABS_STATUS=TRANSFER</literal>: the name of the
+					<literal>transfer_target</literal> the agent transferred the caller to.</para>
+				</variable>
+				<variable name="ELEVENLABS_VAR_name">
+					<para>What the agent's <literal>set_variable</literal> tool saved, one
+					variable per allow-listed name.</para>
 				</variable>
 				<variable name="ELEVENLABS_CONVERSATION_ID">
 					<para>The ElevenLabs conversation id, when one was assigned.</para>
@@ -142,6 +154,10 @@
 				<parameter name="ToolName"/>
 				<parameter name="ToolCallID"/>
 				<parameter name="Parameters"><para>The tool's parameters as JSON.</para></parameter>
+				<parameter name="Handler"><para>Who answers it: <literal>module</literal> (a tool the
+				module carries out), <literal>ami</literal> (waits for
+				<literal>ElevenLabsConvAIToolResult</literal>) or <literal>none</literal> (not
+				configured: answered with an error at once).</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -190,7 +206,7 @@
 				when the call started; empty when the agent is not configured).</para></parameter>
 				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
 				the conversation has started.</para></parameter>
-				<parameter name="Status"><para>COMPLETED, HANGUP or FAILED.</para></parameter>
+				<parameter name="Status"><para>COMPLETED, HANGUP, FAILED or TRANSFER.</para></parameter>
 				<parameter name="Reason"><para>As in <variable>ELEVENLABS_END_REASON</variable>.</para></parameter>
 				<parameter name="Duration"><para>Seconds since the application started
 				(<literal>0.000</literal> when the call failed before reaching the agent, e.g.
@@ -198,6 +214,117 @@
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
+	<managerEvent language="en_US" name="ElevenLabsConvAITransferStarted" module="app_elevenlabs_convai">
+		<managerEventInstance class="EVENT_FLAG_CALL">
+			<since>
+				<version>app_elevenlabs_convai 0.2.0</version>
+			</since>
+			<synopsis>Raised when the module starts a transfer the agent asked for (blind: accepted; warm: the target is being called).</synopsis>
+			<syntax>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
+				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
+				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
+				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
+				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+			</syntax>
+		</managerEventInstance>
+	</managerEvent>
+	<managerEvent language="en_US" name="ElevenLabsConvAITransferAnswered" module="app_elevenlabs_convai">
+		<managerEventInstance class="EVENT_FLAG_CALL">
+			<since>
+				<version>app_elevenlabs_convai 0.2.0</version>
+			</since>
+			<synopsis>Raised when a warm transfer's target answered (the caller is bridged to it next), or the caller's phone accepted a SIP REFER.</synopsis>
+			<syntax>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
+				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
+				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
+				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
+				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+			</syntax>
+		</managerEventInstance>
+	</managerEvent>
+	<managerEvent language="en_US" name="ElevenLabsConvAITransferFailed" module="app_elevenlabs_convai">
+		<managerEventInstance class="EVENT_FLAG_CALL">
+			<since>
+				<version>app_elevenlabs_convai 0.2.0</version>
+			</since>
+			<synopsis>Raised when a transfer failed: no answer, busy, the target hung up, a REFER was rejected, or the call ended first.</synopsis>
+			<syntax>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
+				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
+				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
+				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
+				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="Reason"><para>Why, e.g. <literal>no answer after 25 s</literal>.</para></parameter>
+			</syntax>
+		</managerEventInstance>
+	</managerEvent>
+	<managerEvent language="en_US" name="ElevenLabsConvAISystemTool" module="app_elevenlabs_convai">
+		<managerEventInstance class="EVENT_FLAG_CALL">
+			<since>
+				<version>app_elevenlabs_convai 0.2.0</version>
+			</since>
+			<synopsis>Raised when one of the agent's system tools ran on the ElevenLabs side (end_call, transfer_to_number, voicemail_detection, play_keypad_touch_tone): informational, a WebSocket call gets no telephony effect from them.</synopsis>
+			<syntax>
+				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
+				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
+				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
+				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
+				when the call started; empty when the agent is not configured).</para></parameter>
+				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
+				the conversation has started.</para></parameter>
+				<parameter name="ToolName"/>
+				<parameter name="ToolCallID"/>
+				<parameter name="IsError"><para><literal>true</literal> or <literal>false</literal>.</para></parameter>
+			</syntax>
+		</managerEventInstance>
+	</managerEvent>
+	<manager name="ElevenLabsConvAIToolResult" language="en_US" module="app_elevenlabs_convai">
+		<since>
+			<version>app_elevenlabs_convai 0.2.0</version>
+		</since>
+		<synopsis>
+			Answer a client tool call of an agent (an external tool handler).
+		</synopsis>
+		<syntax>
+			<xi:include xpointer="xpointer(/docs/manager[@name='Login']/syntax/parameter[@name='ActionID'])" />
+			<parameter name="Channel" required="true">
+				<para>The channel of the conversation (from <literal>ElevenLabsConvAIToolCall</literal>).</para>
+			</parameter>
+			<parameter name="ToolCallID" required="true">
+				<para>The <literal>ToolCallID</literal> of the <literal>ElevenLabsConvAIToolCall</literal> event.</para>
+			</parameter>
+			<parameter name="Result">
+				<para>The result text the agent reads (JSON is fine).</para>
+			</parameter>
+			<parameter name="IsError">
+				<para><literal>true</literal> when the tool failed.</para>
+			</parameter>
+		</syntax>
+		<description>
+			<para>Tools configured with <literal>tool = name: ami</literal> wait for this answer
+			up to their <literal>timeout</literal>; then the agent gets a timeout error.</para>
+		</description>
+	</manager>
  ***/
 
 enum {
@@ -264,12 +391,16 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 		hangup = 1;
 	}
 	res = c->status == CALL_HANGUP || (c->status == CALL_COMPLETED && hangup) ? -1 : 0;
+	if (c->status == CALL_TRANSFER) {
+		res = c->transfer_res;   /* 0: continue at the blind target; -1: bridged or REFERred */
+	}
 	convai_call_destroy(c);
 	return res;
 }
 
 static int unload_module(void)
 {
+	convai_manager_unregister();
 	convai_metrics_unregister();
 	convai_cli_unregister();
 	ast_unregister_application(APP_NAME);
@@ -293,7 +424,8 @@ static int load_module(void)
 		convai_runtime_cleanup();
 		return AST_MODULE_LOAD_DECLINE;
 	}
-	if (ast_register_application_xml(APP_NAME, convai_exec) || convai_cli_register()) {
+	if (ast_register_application_xml(APP_NAME, convai_exec) || convai_cli_register()
+		|| convai_manager_register()) {
 		unload_module();
 		return AST_MODULE_LOAD_DECLINE;
 	}

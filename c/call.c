@@ -39,9 +39,12 @@
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
+#define DTMF_TONE_TICKS 5        /* 100 ms per digit the agent sends */
+#define DTMF_GAP_TICKS 5         /* 100 ms between digits */
+
 static const char *status_names[] = {
 	[CALL_RUNNING] = "RUNNING", [CALL_COMPLETED] = "COMPLETED",
-	[CALL_HANGUP] = "HANGUP", [CALL_FAILED] = "FAILED",
+	[CALL_HANGUP] = "HANGUP", [CALL_FAILED] = "FAILED", [CALL_TRANSFER] = "TRANSFER",
 };
 
 const char *convai_status_name(enum call_status status)
@@ -63,6 +66,57 @@ static void call_notify_python(struct convai_call *c, int type, const char *text
 {
 	if (!convai_ring_push(c->sess->to_py, type, text, strlen(text))) {
 		eventfd_write(c->sess->up_efd, 1);
+	}
+}
+
+void convai_call_notify(struct convai_call *c, int type, const char *text)
+{
+	call_notify_python(c, type, text);
+}
+
+void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x)
+{
+	AST_RWLIST_WRLOCK(&live_calls);
+	c->xfer = x;
+	AST_RWLIST_UNLOCK(&live_calls);
+}
+
+int convai_call_post(struct convai_call *c, uint32_t type, const char *text)
+{
+	size_t len = strlen(text);
+	struct convai_inbox_item *item = ast_malloc(sizeof(*item) + len + 1);
+
+	if (!item) {
+		return -1;
+	}
+	item->type = type;
+	memcpy(item->text, text, len + 1);
+	ast_mutex_lock(&c->inbox_lock);
+	AST_LIST_INSERT_TAIL(&c->inbox, item, next);
+	ast_mutex_unlock(&c->inbox_lock);
+	eventfd_write(c->wake_efd, 1);
+	return 0;
+}
+
+/* Another thread has news: tool results from AMI for Python, the transfer dialler's state. */
+static void call_on_wake(struct convai_call *c)
+{
+	struct convai_inbox_item *item;
+	eventfd_t ignored;
+
+	eventfd_read(c->wake_efd, &ignored);
+	for (;;) {
+		ast_mutex_lock(&c->inbox_lock);
+		item = AST_LIST_REMOVE_HEAD(&c->inbox, next);
+		ast_mutex_unlock(&c->inbox_lock);
+		if (!item) {
+			break;
+		}
+		call_notify_python(c, item->type, item->text);
+		ast_free(item);
+	}
+	if (convai_transfer_poll(c)) {
+		call_set_end(c, CALL_TRANSFER, "transfer");
 	}
 }
 
@@ -129,13 +183,16 @@ static void call_on_started(struct convai_call *c, char *text)
 	}
 }
 
-/* END: "STATUS\treason\tdetail" */
+/* END: "STATUS\treason\tdetail\tplay_out"; Python decides play_out (lifecycle.py). */
 static void call_on_end(struct convai_call *c, char *text)
 {
 	char *status = strsep(&text, "\t");
 	char *reason = strsep(&text, "\t");
+	int play_out;
 	enum call_status st = CALL_FAILED;
 
+	strsep(&text, "\t");   /* the detail: Python has logged it */
+	play_out = text && *text == '1';
 	if (c->draining) {
 		return;   /* already ending (max_duration): that result stands */
 	}
@@ -143,13 +200,17 @@ static void call_on_end(struct convai_call *c, char *text)
 		st = CALL_COMPLETED;
 	} else if (status && !strcmp(status, "HANGUP")) {
 		st = CALL_HANGUP;
+	} else if (status && !strcmp(status, "TRANSFER")) {
+		/* Only a blind transfer this thread accepted; anything else ends as completed. */
+		st = convai_transfer_blind_accepted(c) ? CALL_TRANSFER : CALL_COMPLETED;
 	}
-	if (!c->started || st == CALL_FAILED) {
-		/* Nothing worth draining: a failed setup or a broken conversation. */
+	if (!c->started || !play_out) {
+		/* Nothing to play: a failed setup, a hangup, a shutdown. */
 		call_set_end(c, st, S_OR(reason, "server_error"));
 		return;
 	}
-	/* The loop ends once the agent's queued audio has played out: no cut-off goodbye. */
+	/* The loop ends once the agent's queued audio has played out: no cut-off last words,
+	 * also when the conversation broke off (a reset is no reason to swallow them). */
 	c->draining = 1;
 	c->drain_start = ast_tvnow();
 	c->final_status = st;
@@ -166,13 +227,74 @@ static void call_on_event(struct convai_call *c, char *text)
 	}
 }
 
+/* SETVAR "NAME=value": only ELEVENLABS_* names of letters, digits and _ (the set_variable
+ * tool's are ELEVENLABS_VAR_<allow-listed name>, checked in convai/tools.py too). */
 static void call_on_setvar(struct convai_call *c, char *text)
 {
 	char *eq = strchr(text, '=');
+	const char *p;
 
-	if (eq && eq != text && !strncmp(text, "ELEVENLABS_", 11)) {
-		*eq = '\0';
-		pbx_builtin_setvar_helper(c->chan, text, eq + 1);
+	if (!eq || strncmp(text, "ELEVENLABS_", 11)) {
+		return;
+	}
+	for (p = text; p < eq && (isalnum((unsigned char) *p) || *p == '_'); p++) {
+	}
+	if (p != eq || eq - text > 64) {
+		return;
+	}
+	*eq = '\0';
+	pbx_builtin_setvar_helper(c->chan, text, eq + 1);
+}
+
+/* TRANSFER "tool_call_id\ttarget" */
+static void call_on_transfer(struct convai_call *c, char *text)
+{
+	char *id = strsep(&text, "\t");
+
+	if (!ast_strlen_zero(id) && !ast_strlen_zero(text)) {
+		convai_transfer_request(c, id, text);
+	}
+}
+
+/* SEND_DTMF "digits": queued and played on the 20 ms ticks, so the loop never waits. */
+static void call_on_send_dtmf(struct convai_call *c, const char *digits)
+{
+	size_t have = strlen(c->dtmf_out), n = strlen(digits);
+
+	if (!n || strspn(digits, "0123456789*#wW") != n || have + n >= sizeof(c->dtmf_out)) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: DTMF '%.16s' from the agent refused\n",
+			ast_channel_name(c->chan), c->agent->name, digits);
+		return;
+	}
+	ast_verb(4, LOG_PREFIX "%s [%s]: sending DTMF %s for the agent\n",
+		ast_channel_name(c->chan), c->agent->name, digits);
+	strcat(c->dtmf_out, digits);   /* length checked */
+}
+
+/* One 20 ms step of the agent's DTMF: 100 ms tones with 100 ms gaps; w 0.5 s, W 1 s. */
+static void call_dtmf_tick(struct convai_call *c)
+{
+	char d = c->dtmf_out[c->dtmf_pos];
+
+	if (c->dtmf_ticks > 0 && --c->dtmf_ticks > 0) {
+		return;
+	}
+	if (c->dtmf_tone) {
+		ast_senddigit_end(c->chan, d, DTMF_TONE_TICKS * 20);
+		c->dtmf_tone = 0;
+		c->dtmf_pos++;
+		c->dtmf_ticks = DTMF_GAP_TICKS;
+	} else if (!d) {
+		c->dtmf_out[0] = '\0';
+		c->dtmf_pos = 0;
+	} else if (d == 'w' || d == 'W') {
+		c->dtmf_ticks = d == 'w' ? 25 : 50;
+		c->dtmf_pos++;
+	} else {
+		ast_senddigit_begin(c->chan, d);
+		c->dtmf_tone = 1;
+		c->dtmf_ticks = DTMF_TONE_TICKS;
+		c->dtmf_sent++;
 	}
 }
 
@@ -198,6 +320,12 @@ static void call_on_commands(struct convai_call *c)
 			break;
 		case CONVAI_CMD_SETVAR:
 			call_on_setvar(c, text);
+			break;
+		case CONVAI_CMD_TRANSFER:
+			call_on_transfer(c, text);
+			break;
+		case CONVAI_CMD_SEND_DTMF:
+			call_on_send_dtmf(c, text);
 			break;
 		case CONVAI_CMD_FLUSH:
 			atomic_store(&c->sess->down->head, atomic_load(&c->sess->down->tail));
@@ -376,6 +504,9 @@ static void call_on_tick(struct convai_call *c)
 	for (expirations = MIN(expirations, CATCHUP_MAX); expirations; expirations--) {
 		call_play_one(c);
 	}
+	if (c->dtmf_out[0]) {
+		call_dtmf_tick(c);
+	}
 	if (c->draining && !c->playing && !convai_ring_count(c->sess->down)
 		&& !convai_stat_get(c->sess, CONVAI_STAT_BACKLOG_FRAMES)) {
 		call_set_end(c, c->final_status, c->final_reason);
@@ -464,12 +595,12 @@ static void call_end_at_max_duration(struct convai_call *c)
 
 static void call_loop(struct convai_call *c)
 {
-	int fds[2] = { c->tfd, c->sess->down_efd };
+	int fds[3] = { c->tfd, c->sess->down_efd, c->wake_efd };
 	int64_t max_ms = c->agent->max_duration ? (int64_t) c->agent->max_duration * 1000 : -1;
 
 	while (c->status == CALL_RUNNING) {
 		int ms = 1000, outfd = -1;
-		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 2, NULL, &outfd, &ms);
+		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 3, NULL, &outfd, &ms);
 		int64_t elapsed = ast_tvdiff_ms(ast_tvnow(), c->start);
 
 		if (ready) {
@@ -480,6 +611,8 @@ static void call_loop(struct convai_call *c)
 			call_on_tick(c);
 		} else if (outfd == c->sess->down_efd) {
 			call_on_commands(c);
+		} else if (outfd == c->wake_efd) {
+			call_on_wake(c);
 		} else if (ms < 0) {
 			call_set_end(c, CALL_HANGUP, "caller_hangup");
 		}
@@ -571,7 +704,11 @@ static void call_run_loop(struct convai_call *c)
 void convai_call_run(struct convai_call *c)
 {
 	call_run_loop(c);
+	if (c->dtmf_tone) {
+		ast_senddigit_end(c->chan, c->dtmf_out[c->dtmf_pos], DTMF_TONE_TICKS * 20);
+	}
 	call_set_result(c);
+	convai_transfer_finish(c);
 }
 
 struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agent *agent)
@@ -583,14 +720,23 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 		return NULL;
 	}
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (c->tfd < 0) {
+	c->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->tfd < 0 || c->wake_efd < 0) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot create a timer: %s\n",
 			ast_channel_name(chan), agent->name, strerror(errno));
 		convai_session_release(c->sess);
 		convai_session_release(c->sess);   /* Python's reference too: it never saw the session */
+		if (c->tfd >= 0) {
+			close(c->tfd);
+		}
+		if (c->wake_efd >= 0) {
+			close(c->wake_efd);
+		}
 		ast_free(c);
 		return NULL;
 	}
+	ast_mutex_init(&c->inbox_lock);
+	AST_LIST_HEAD_INIT_NOLOCK(&c->inbox);
 	c->chan = chan;
 	c->agent = ao2_bump(agent);
 	c->start = ast_tvnow();
@@ -599,11 +745,18 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 
 void convai_call_destroy(struct convai_call *c)
 {
+	struct convai_inbox_item *item;
+
 	if (convai_session_withdraw(c->sess)) {
 		convai_session_release(c->sess);   /* Python's reference: it never took the session */
 	}
+	while ((item = AST_LIST_REMOVE_HEAD(&c->inbox, next))) {
+		ast_free(item);
+	}
+	ast_mutex_destroy(&c->inbox_lock);
 	convai_session_release(c->sess);
 	close(c->tfd);
+	close(c->wake_efd);
 	ao2_ref(c->agent, -1);
 	ast_free(c);
 }

@@ -218,6 +218,30 @@ struct cli_call {
 	const char *channel;
 };
 
+/* The agent's client tools, the transfer under way and the DTMF it sent. */
+static void cli_show_call_tools(int fd, struct convai_call *c)
+{
+	char xfer[512];
+	int i;
+
+	ast_cli(fd, "Client tools:     ");
+	for (i = 0; i < c->agent->n_tools; i++) {
+		ast_cli(fd, "%s%s (%s)", i ? ", " : "", c->agent->tools[i].name,
+			convai_tool_action_name(c->agent->tools[i].action));
+	}
+	ast_cli(fd, "%s\n", c->agent->n_tools ? "" : "(none)");
+	ast_cli(fd, "Transfer targets: ");
+	for (i = 0; i < c->agent->n_targets; i++) {
+		ast_cli(fd, "%s%s (%s)", i ? ", " : "", c->agent->targets[i].name,
+			c->agent->targets[i].mode == CONVAI_XFER_BLIND ? "blind" : "warm");
+	}
+	ast_cli(fd, "%s\n", c->agent->n_targets ? "" : "(none)");
+	convai_transfer_describe(c, xfer, sizeof(xfer));
+	ast_cli(fd, "Transfer:         %s\n", S_OR(xfer, "(none)"));
+	ast_cli(fd, "DTMF sent:        %" PRIu64 " digit(s)%s\n", c->dtmf_sent,
+		c->dtmf_out[0] ? " (sending)" : "");
+}
+
 static int cli_show_call_detail(struct convai_call *c, void *arg)
 {
 	const struct cli_call *q = arg;
@@ -251,6 +275,7 @@ static int cli_show_call_detail(struct convai_call *c, void *arg)
 		convai_stat_get(s, CONVAI_STAT_FRAMES_UP), convai_stat_get(s, CONVAI_STAT_UP_OVERFLOWS));
 	ast_cli(fd, "Bytes up/down:    %" PRIu64 " / %" PRIu64 "\n",
 		convai_stat_get(s, CONVAI_STAT_BYTES_UP), convai_stat_get(s, CONVAI_STAT_BYTES_DOWN));
+	cli_show_call_tools(fd, c);
 	return 1;
 }
 

@@ -119,9 +119,303 @@ static int copy_str(struct ast_variable *v, const char *cat, char *dst, size_t l
 	return 0;
 }
 
+/* --- client tools and transfer targets ------------------------------------------------------ */
+
+static const char *tool_actions[] = {
+	[CONVAI_TOOL_TRANSFER] = "transfer", [CONVAI_TOOL_HANGUP] = "hangup",
+	[CONVAI_TOOL_DTMF] = "dtmf", [CONVAI_TOOL_SET_VARIABLE] = "set_variable",
+	[CONVAI_TOOL_AMI] = "ami",
+};
+
+const char *convai_tool_action_name(enum convai_tool_action action)
+{
+	return tool_actions[action];
+}
+
+const struct convai_target *convai_agent_target(const struct convai_agent *a, const char *name)
+{
+	int i;
+
+	for (i = 0; i < a->n_targets; i++) {
+		if (!strcasecmp(a->targets[i].name, name)) {
+			return &a->targets[i];
+		}
+	}
+	return NULL;
+}
+
+/* Letters, digits and the characters in extra; at least one, shorter than max. */
+static int is_word(const char *s, const char *extra, size_t max)
+{
+	const char *p;
+
+	for (p = s; *p; p++) {
+		if (!isalnum((unsigned char) *p) && !strchr(extra, *p)) {
+			return 0;
+		}
+	}
+	return p != s && (size_t) (p - s) < max;
+}
+
+/* Printable, without spaces or the characters in bad: safe in a dial string or a goto. */
+static int is_token(const char *s, const char *bad, size_t max)
+{
+	const char *p;
+
+	for (p = s; *p; p++) {
+		if ((unsigned char) *p <= ' ' || (unsigned char) *p == 0x7f || strchr(bad, *p)) {
+			return 0;
+		}
+	}
+	return p != s && (size_t) (p - s) < max;
+}
+
+/* "name: rest" -> name (checked) and rest, both stripped; -1 with the error logged. */
+static int split_named(struct ast_variable *v, const char *cat, char *buf, size_t max,
+	char **name, char **rest)
+{
+	char *colon = strchr(buf, ':');
+
+	if (!colon) {
+		CONF_ERR(v, cat, "'%s' is not 'name: ...'", v->value);
+		return -1;
+	}
+	*colon = '\0';
+	*name = ast_strip(buf);
+	*rest = ast_strip(colon + 1);
+	if (!is_word(*name, "_-", max)) {
+		CONF_ERR(v, cat, "'%s' is not a name of letters, digits, _ and - (at most %zu)",
+			*name, max - 1);
+		return -1;
+	}
+	return 0;
+}
+
+static int tool_option(struct ast_variable *v, const char *cat, struct convai_tool *t,
+	char *opt)
+{
+	char *eq = strchr(opt, '=');
+	char *key = opt, *val;
+
+	if (!eq) {
+		CONF_ERR(v, cat, "tool %s: option '%s' is not key=value", t->name, opt);
+		return -1;
+	}
+	*eq = '\0';
+	key = ast_strip(key);
+	val = ast_strip(eq + 1);
+	if (!strcasecmp(key, "timeout") && t->action == CONVAI_TOOL_AMI) {
+		if (ast_parse_arg(val, PARSE_INT32 | PARSE_IN_RANGE, &t->timeout, 1, 120)) {
+			CONF_ERR(v, cat, "tool %s: timeout '%s' is not 1 to 120 seconds", t->name, val);
+			return -1;
+		}
+	} else if (!strcasecmp(key, "param")
+		&& (t->action == CONVAI_TOOL_TRANSFER || t->action == CONVAI_TOOL_DTMF)) {
+		if (!is_word(val, "_", sizeof(t->param))) {
+			CONF_ERR(v, cat, "tool %s: param '%s' is not a parameter name", t->name, val);
+			return -1;
+		}
+		ast_copy_string(t->param, val, sizeof(t->param));
+	} else if (!strcasecmp(key, "variables") && t->action == CONVAI_TOOL_SET_VARIABLE) {
+		char *names = ast_strdupa(val), *name;
+
+		while ((name = strsep(&names, "|"))) {
+			name = ast_strip(name);
+			if (!isalpha((unsigned char) *name) || !is_word(name, "_", 41)) {
+				CONF_ERR(v, cat, "tool %s: variable '%s' is not a name of letters, digits and "
+					"_ (at most 40)", t->name, name);
+				return -1;
+			}
+		}
+		if (strlen(val) >= sizeof(t->variables)) {
+			CONF_ERR(v, cat, "tool %s: variables are longer than %zu characters", t->name,
+				sizeof(t->variables) - 1);
+			return -1;
+		}
+		ast_copy_string(t->variables, val, sizeof(t->variables));
+	} else {
+		CONF_ERR(v, cat, "tool %s: option '%s' does not apply to action %s", t->name, key,
+			tool_actions[t->action]);
+		return -1;
+	}
+	return 0;
+}
+
+/* tool = <name>: <action>[, option=value ...] */
+static int parse_tool(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	char *buf = ast_strdupa(v->value), *name, *rest, *action, *opt;
+	struct convai_tool *t;
+	size_t i;
+	int j;
+
+	if (split_named(v, cat, buf, sizeof(t->name), &name, &rest)) {
+		return -1;
+	}
+	for (j = 0; j < a->n_tools; j++) {
+		if (!strcmp(a->tools[j].name, name)) {
+			CONF_ERR(v, cat, "tool %s is configured twice", name);
+			return -1;
+		}
+	}
+	if (a->n_tools == CONVAI_MAX_TOOLS) {
+		CONF_ERR(v, cat, "more than %d tools", CONVAI_MAX_TOOLS);
+		return -1;
+	}
+	t = &a->tools[a->n_tools];
+	memset(t, 0, sizeof(*t));
+	ast_copy_string(t->name, name, sizeof(t->name));
+	action = ast_strip(strsep(&rest, ","));
+	for (i = 0; i < ARRAY_LEN(tool_actions); i++) {
+		if (!strcasecmp(action, tool_actions[i])) {
+			break;
+		}
+	}
+	if (i == ARRAY_LEN(tool_actions)) {
+		CONF_ERR(v, cat, "tool %s: '%s' is not an action (transfer, hangup, dtmf, set_variable, "
+			"ami)", name, action);
+		return -1;
+	}
+	t->action = i;
+	t->timeout = 20;   /* ElevenLabs' own default response_timeout_secs */
+	ast_copy_string(t->param, i == CONVAI_TOOL_DTMF ? "digits" : "destination", sizeof(t->param));
+	while ((opt = strsep(&rest, ","))) {
+		if (tool_option(v, cat, t, opt)) {
+			return -1;
+		}
+	}
+	if (t->action == CONVAI_TOOL_SET_VARIABLE && ast_strlen_zero(t->variables)) {
+		CONF_ERR(v, cat, "tool %s: set_variable needs variables=name|name...", name);
+		return -1;
+	}
+	a->n_tools++;
+	return 0;
+}
+
+static int target_option(struct ast_variable *v, const char *cat, struct convai_target *t,
+	char *opt)
+{
+	char *eq = strchr(opt, '=');
+	char *key = opt, *val;
+
+	if (!eq) {
+		CONF_ERR(v, cat, "transfer target %s: '%s' is not key=value", t->name, opt);
+		return -1;
+	}
+	*eq = '\0';
+	key = ast_strip(key);
+	val = ast_strip(eq + 1);
+	if (!strcasecmp(key, "refer") && t->mode == CONVAI_XFER_BLIND) {
+		if (strncasecmp(val, "sip:", 4) && strncasecmp(val, "sips:", 5)) {
+			CONF_ERR(v, cat, "transfer target %s: refer '%s' is not a sip: URI", t->name, val);
+			return -1;
+		}
+		if (!is_token(val, "\"<>", sizeof(t->refer))) {
+			CONF_ERR(v, cat, "transfer target %s: refer '%s' has spaces or quotes", t->name, val);
+			return -1;
+		}
+		ast_copy_string(t->refer, val, sizeof(t->refer));
+	} else if (!strcasecmp(key, "timeout") && t->mode == CONVAI_XFER_WARM) {
+		if (ast_parse_arg(val, PARSE_INT32 | PARSE_IN_RANGE, &t->timeout, 5, 300)) {
+			CONF_ERR(v, cat, "transfer target %s: timeout '%s' is not 5 to 300 seconds", t->name,
+				val);
+			return -1;
+		}
+	} else if (!strcasecmp(key, "whisper") && t->mode == CONVAI_XFER_WARM) {
+		if (!is_word(val, "_-/.", sizeof(t->whisper)) || strstr(val, "..")) {
+			CONF_ERR(v, cat, "transfer target %s: whisper '%s' is not a sound file name", t->name,
+				val);
+			return -1;
+		}
+		ast_copy_string(t->whisper, val, sizeof(t->whisper));
+	} else {
+		CONF_ERR(v, cat, "transfer target %s: option '%s' does not apply to a %s transfer",
+			t->name, key, t->mode == CONVAI_XFER_BLIND ? "blind" : "warm");
+		return -1;
+	}
+	return 0;
+}
+
+/* blind, context,exten,priority: each part a plain token (a dialplan name or a label) */
+static int target_location(struct ast_variable *v, const char *cat, struct convai_target *t,
+	char **rest)
+{
+	const char *what[] = { "context", "extension", "priority" };
+	char *part[3];
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		part[i] = *rest ? ast_strip(strsep(rest, ",")) : NULL;
+		if (ast_strlen_zero(part[i]) || !is_token(part[i], ",;|()[]$\"'\\", 80)) {
+			CONF_ERR(v, cat, "transfer target %s: blind needs context,extension,priority; the "
+				"%s is missing or has spaces or special characters", t->name, what[i]);
+			return -1;
+		}
+	}
+	snprintf(t->location, sizeof(t->location), "%s,%s,%s", part[0], part[1], part[2]);
+	return 0;
+}
+
+/* transfer_target = <name>: blind, <context>,<exten>,<priority>[, refer=<sip URI>]
+ * transfer_target = <name>: warm, <Tech/resource>[, timeout=<s>][, whisper=<sound>] */
+static int parse_target(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	char *buf = ast_strdupa(v->value), *name, *rest, *mode, *opt;
+	struct convai_target *t;
+
+	if (split_named(v, cat, buf, sizeof(t->name), &name, &rest)) {
+		return -1;
+	}
+	if (convai_agent_target(a, name)) {
+		CONF_ERR(v, cat, "transfer target %s is configured twice", name);
+		return -1;
+	}
+	if (a->n_targets == CONVAI_MAX_TARGETS) {
+		CONF_ERR(v, cat, "more than %d transfer targets", CONVAI_MAX_TARGETS);
+		return -1;
+	}
+	t = &a->targets[a->n_targets];
+	memset(t, 0, sizeof(*t));
+	ast_copy_string(t->name, name, sizeof(t->name));
+	t->timeout = 25;
+	mode = ast_strip(strsep(&rest, ","));
+	if (!strcasecmp(mode, "blind")) {
+		t->mode = CONVAI_XFER_BLIND;
+		if (target_location(v, cat, t, &rest)) {
+			return -1;
+		}
+	} else if (!strcasecmp(mode, "warm")) {
+		char *dial = rest ? ast_strip(strsep(&rest, ",")) : NULL;
+		char *slash = dial ? strchr(dial, '/') : NULL;
+
+		t->mode = CONVAI_XFER_WARM;
+		if (!slash || slash == dial || !slash[1] || !is_token(dial, "&,;|()$\"'\\",
+				sizeof(t->dial))) {
+			CONF_ERR(v, cat, "transfer target %s: warm needs one dial string Tech/resource "
+				"(no spaces, & or special characters)", name);
+			return -1;
+		}
+		ast_copy_string(t->dial, dial, sizeof(t->dial));
+	} else {
+		CONF_ERR(v, cat, "transfer target %s: '%s' is neither blind nor warm", name, mode);
+		return -1;
+	}
+	while ((opt = strsep(&rest, ","))) {
+		if (target_option(v, cat, t, opt)) {
+			return -1;
+		}
+	}
+	a->n_targets++;
+	return 0;
+}
+
 static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const char *cat)
 {
-	if (!strcasecmp(v->name, "elevenlabs_api_key")) {
+	if (!strcasecmp(v->name, "tool")) {
+		return parse_tool(a, v, cat);
+	} else if (!strcasecmp(v->name, "transfer_target")) {
+		return parse_target(a, v, cat);
+	} else if (!strcasecmp(v->name, "elevenlabs_api_key")) {
 		return copy_str(v, cat, a->api_key, sizeof(a->api_key));
 	} else if (!strcasecmp(v->name, "elevenlabs_get_signed_url_endpoint")) {
 		const char *host = !strncasecmp(v->value, "https://", 8) ? v->value + 8
@@ -226,6 +520,19 @@ static int section_line(const char *file, const char *cat)
 	return found ? lineno : 0;
 }
 
+/* A transfer tool with nothing to transfer to refuses every call: say so once, at load. */
+static void warn_unusable_tools(struct convai_agent *a, const char *file, const char *cat)
+{
+	int i;
+
+	for (i = 0; i < a->n_tools; i++) {
+		if (a->tools[i].action == CONVAI_TOOL_TRANSFER && !a->n_targets) {
+			ast_log(LOG_WARNING, LOG_PREFIX "%s: [%s] tool: %s transfers, but the section has no "
+				"transfer_target; every transfer will be refused\n", file, cat, a->tools[i].name);
+		}
+	}
+}
+
 static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 {
 	RAII_VAR(struct convai_agent *, a, ao2_alloc_options(sizeof(*a), agent_destroy,
@@ -273,6 +580,7 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	if (bad) {
 		return NULL;
 	}
+	warn_unusable_tools(a, file, cat);
 	ao2_ref(a, +1);
 	return a;
 }

@@ -22,6 +22,7 @@
 
 #include "asterisk/frame.h"
 #include "asterisk/linkedlists.h"
+#include "asterisk/lock.h"
 #include "asterisk/vector.h"
 
 #include "convai_shared.h"
@@ -35,8 +36,51 @@
 struct ast_channel;
 struct ast_format;
 struct ast_variable;
+struct convai_transfer;
+struct convai_agent;
+struct convai_inbox_item;
 
 /* --- config.c ------------------------------------------------------------------------------ */
+
+#define CONVAI_MAX_TOOLS 16
+#define CONVAI_MAX_TARGETS 16
+
+/*! \brief What a client tool does (`tool = name: action, ...`). */
+enum convai_tool_action {
+	CONVAI_TOOL_TRANSFER,
+	CONVAI_TOOL_HANGUP,
+	CONVAI_TOOL_DTMF,
+	CONVAI_TOOL_SET_VARIABLE,
+	CONVAI_TOOL_AMI,
+};
+
+/*! \brief One client tool of an agent, under the name the ElevenLabs tool has. */
+struct convai_tool {
+	char name[64];
+	enum convai_tool_action action;
+	int timeout;             /* ami: seconds to wait for ElevenLabsConvAIToolResult */
+	char param[32];          /* transfer/dtmf: the parameter holding the target / digits */
+	char variables[256];     /* set_variable: the names the agent may set, '|' separated */
+};
+
+enum convai_transfer_mode { CONVAI_XFER_BLIND, CONVAI_XFER_WARM };
+
+/*! \brief A named transfer target (`transfer_target = name: mode, ...`): the allow-list. */
+struct convai_target {
+	char name[32];
+	enum convai_transfer_mode mode;
+	char location[256];      /* blind: context,exten,priority */
+	char refer[256];         /* blind: SIP URI to REFER a PJSIP caller to, instead */
+	char dial[256];          /* warm: Tech/resource */
+	int timeout;             /* warm: seconds the target may ring */
+	char whisper[128];       /* warm: sound played to the person who answers, before the bridge */
+};
+
+/*! \brief "transfer", "hangup", "dtmf", "set_variable", "ami" */
+const char *convai_tool_action_name(enum convai_tool_action action);
+
+/*! \brief The agent's transfer target of that name (case-insensitive), or NULL. */
+const struct convai_target *convai_agent_target(const struct convai_agent *a, const char *name);
 
 /*! \brief One agent's section of elevenlabs.conf, immutable once parsed (an ao2 object). */
 struct convai_agent {
@@ -53,6 +97,10 @@ struct convai_agent {
 	char voice_id[64];
 	char prompt[1024];
 	struct ast_variable *dynamic_variables;   /* name = template with ${VARS} */
+	int n_tools;
+	struct convai_tool tools[CONVAI_MAX_TOOLS];
+	int n_targets;
+	struct convai_target targets[CONVAI_MAX_TARGETS];
 };
 
 /*! \brief The running configuration: replaced whole by a reload, never changed in place. */
@@ -122,9 +170,9 @@ void convai_session_release(struct convai_session *s);
 
 /* --- call.c --------------------------------------------------------------------------------- */
 
-enum call_status { CALL_RUNNING, CALL_COMPLETED, CALL_HANGUP, CALL_FAILED };
+enum call_status { CALL_RUNNING, CALL_COMPLETED, CALL_HANGUP, CALL_FAILED, CALL_TRANSFER };
 
-/*! \brief "RUNNING", "COMPLETED", "HANGUP", "FAILED" */
+/*! \brief "RUNNING", "COMPLETED", "HANGUP", "FAILED", "TRANSFER" */
 const char *convai_status_name(enum call_status status);
 
 /*! \brief One conversation, owned by the channel's thread; the CLI reads it under the list lock. */
@@ -155,6 +203,16 @@ struct convai_call {
 	uint32_t last_played_id;
 	uint32_t last_write_us;
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
+	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop */
+	ast_mutex_t inbox_lock;
+	AST_LIST_HEAD_NOLOCK(, convai_inbox_item) inbox;   /* tool results from AMI */
+	struct convai_transfer *xfer;   /* the transfer under way (transfer.c), or NULL */
+	int transfer_res;           /* the app's return value after a transfer */
+	char dtmf_out[72];          /* digits the agent is sending, and where we are in them */
+	int dtmf_pos;
+	int dtmf_ticks;             /* ticks left of the current tone, pause or gap */
+	int dtmf_tone;              /* a tone is on */
+	uint64_t dtmf_sent;
 	AST_LIST_ENTRY(convai_call) list;
 	unsigned char silence[CONVAI_FRAME_MAX];
 	unsigned char out[AST_FRIENDLY_OFFSET + CONVAI_FRAME_MAX];
@@ -181,6 +239,64 @@ int convai_fail_early(struct ast_channel *chan, const char *agent, const char *r
 /*! \brief Call \a cb for each live call under the list's read lock until it returns nonzero. */
 int convai_calls_foreach(int (*cb)(struct convai_call *c, void *arg), void *arg);
 
+/*! \brief A message for Python handed to the call's thread by another thread. */
+struct convai_inbox_item {
+	uint32_t type;
+	AST_LIST_ENTRY(convai_inbox_item) next;
+	char text[];
+};
+
+/*!
+ * \brief Queue a command for Python from any thread (the AMI action): the call's own thread
+ * forwards it, so the command ring keeps its single producer.
+ * \retval 0 queued, -1 out of memory
+ */
+int convai_call_post(struct convai_call *c, uint32_t type, const char *text);
+
+/*! \brief Tell Python (from the call's thread). */
+void convai_call_notify(struct convai_call *c, int type, const char *text);
+
+/*! \brief Set or clear the call's transfer under the list lock (the CLI reads it). */
+void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x);
+
+/* --- transfer.c ----------------------------------------------------------------------------- */
+
+/*! \brief How a transfer is going, as the caller's thread sees it. */
+enum convai_xfer_state {
+	CONVAI_XFER_ACCEPTED,    /* blind: leaving once the agent's words have played out */
+	CONVAI_XFER_DIALING,     /* warm: the target is being called */
+	CONVAI_XFER_RINGING,
+	CONVAI_XFER_ANSWERED,    /* warm: the bridge follows */
+	CONVAI_XFER_FAILED,
+};
+
+/*! \brief "accepted", "dialing", "ringing", "answered", "failed" */
+const char *convai_xfer_state_name(enum convai_xfer_state state);
+
+/*!
+ * \brief The agent's transfer tool named \a target: look it up, check it, start it (a warm
+ * transfer dials on a thread of its own). Python hears how it goes (TRANSFER_STATE).
+ */
+void convai_transfer_request(struct convai_call *c, const char *tool_call_id, const char *target);
+
+/*!
+ * \brief The dialler's news, on the call's thread (wake_efd): report it, or give up.
+ * \retval 1 the target answered: end the conversation (convai_transfer_finish() bridges)
+ */
+int convai_transfer_poll(struct convai_call *c);
+
+/*!
+ * \brief After the conversation: carry out the transfer (a blind goto or REFER, or the warm
+ * bridge), or cancel one still ringing. Sets c->transfer_res.
+ */
+void convai_transfer_finish(struct convai_call *c);
+
+/*! \brief Whether a blind transfer was accepted (END TRANSFER then carries it out). */
+int convai_transfer_blind_accepted(struct convai_call *c);
+
+/*! \brief A line for `elevenlabs show call`, or "" (under the list lock). */
+void convai_transfer_describe(struct convai_call *c, char *buf, size_t len);
+
 /* --- events.c ------------------------------------------------------------------------------- */
 
 /*! \brief An ElevenLabsConvAI* manager event with the common fields, then \a body. */
@@ -192,6 +308,10 @@ void convai_call_event(struct convai_call *c, const char *event, const char *bod
 
 /*! \brief ElevenLabsConvAIStats: the call's media counters and histograms. */
 void convai_call_event_stats(struct convai_call *c);
+
+/*! \brief The ElevenLabsConvAIToolResult manager action. */
+int convai_manager_register(void);
+void convai_manager_unregister(void);
 
 /* --- cli.c ---------------------------------------------------------------------------------- */
 

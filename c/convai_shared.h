@@ -19,7 +19,7 @@
 #include "convai_ring.h"
 
 /* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
-#define CONVAI_ABI_VERSION 1
+#define CONVAI_ABI_VERSION 2
 
 #define CONVAI_HOST_MAGIC 0x434f4e56u    /* "CONV" */
 #define CONVAI_SESSION_MAGIC 0x53455353u /* "SESS" */
@@ -38,13 +38,18 @@
 enum convai_cmd_type {
 	/* Python -> C */
 	CONVAI_CMD_STARTED = 1,   /* "conversation_id\tinput_format\toutput_format" */
-	CONVAI_CMD_END = 2,       /* "STATUS\treason\tdetail": drain the down ring, then leave */
+	CONVAI_CMD_END = 2,       /* "STATUS\treason\tdetail": drain the down ring, then leave;
+	                           * STATUS TRANSFER: then carry out the accepted transfer */
 	CONVAI_CMD_EVENT = 3,     /* "Event: Name\r\nKey: value\r\n...": AMI event for this channel */
 	CONVAI_CMD_SETVAR = 4,    /* "NAME=value": channel variable */
 	CONVAI_CMD_FLUSH = 5,     /* stop the agent's audio now (no payload) */
+	CONVAI_CMD_TRANSFER = 6,  /* "tool_call_id\ttarget name": the agent's transfer tool */
+	CONVAI_CMD_SEND_DTMF = 7, /* "digits": 0-9 * # w W, sent on the channel */
 	/* C -> Python */
 	CONVAI_CMD_DTMF = 101,    /* the digit, one character */
 	CONVAI_CMD_HANGUP = 102,  /* the caller hung up; no payload */
+	CONVAI_CMD_TRANSFER_STATE = 103, /* "tool_call_id\tstate\tdetail" (convai_xfer_state) */
+	CONVAI_CMD_TOOL_RESULT = 104,    /* "tool_call_id\tis_error 0|1\tresult": from AMI */
 };
 
 /* Live counters. Python writes the ones it owns, C the others; both may read any. */
@@ -129,7 +134,7 @@ struct convai_session {
 	char caller_number[80];
 	char caller_name[80];
 	char exten[80];
-	char extra_json[2048];     /* optional JSON: dynamic_variables, overrides */
+	char extra_json[8192];     /* optional JSON: dynamic_variables, overrides, tools */
 	_Atomic uint64_t stats[CONVAI_STAT_MAX];
 	uint32_t hist[CONVAI_HIST_MAX][CONVAI_HIST_BUCKETS];
 	struct convai_ring *up;    /* caller audio: C produces, Python consumes */

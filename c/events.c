@@ -90,3 +90,77 @@ void convai_call_event_stats(struct convai_call *c)
 	}
 	convai_call_event(c, "ElevenLabsConvAIStats", ast_str_buffer(body));
 }
+
+/* --- the ElevenLabsConvAIToolResult action: an external handler answers a tool call ---------- */
+
+struct tool_result {
+	const char *channel;
+	const char *text;   /* "tool_call_id\tis_error\tresult" */
+	int found;
+	int queued;
+};
+
+static int post_tool_result(struct convai_call *c, void *arg)
+{
+	struct tool_result *r = arg;
+
+	if (strcasecmp(ast_channel_name(c->chan), r->channel)) {
+		return 0;
+	}
+	r->found = 1;
+	r->queued = !convai_call_post(c, CONVAI_CMD_TOOL_RESULT, r->text);
+	return 1;
+}
+
+/* Printable and without tabs: a tool call id goes back to the agent as it came. */
+static int plain_id(const char *id)
+{
+	const char *p;
+
+	for (p = id; *p; p++) {
+		if ((unsigned char) *p < ' ' || *p == 0x7f) {
+			return 0;
+		}
+	}
+	return p != id && p - id < 128;
+}
+
+static int action_tool_result(struct mansession *s, const struct message *m)
+{
+	const char *channel = astman_get_header(m, "Channel");
+	const char *id = astman_get_header(m, "ToolCallID");
+	const char *result = astman_get_header(m, "Result");
+	const char *is_error = astman_get_header(m, "IsError");
+	char text[CONVAI_CMD_BYTES];
+	struct tool_result r = { .channel = channel, .text = text };
+
+	if (ast_strlen_zero(channel) || !plain_id(id)) {
+		astman_send_error(s, m, "Channel and ToolCallID are required");
+		return 0;
+	}
+	if (strlen(result) > CONVAI_CMD_BYTES - 160) {
+		astman_send_error(s, m, "Result is too long");
+		return 0;
+	}
+	snprintf(text, sizeof(text), "%s\t%d\t%s", id, ast_true(is_error), result);
+	convai_calls_foreach(post_tool_result, &r);
+	if (!r.found) {
+		astman_send_error(s, m, "No conversation on that channel");
+	} else if (!r.queued) {
+		astman_send_error(s, m, "Out of memory");
+	} else {
+		astman_send_ack(s, m, "Tool result queued");
+	}
+	return 0;
+}
+
+int convai_manager_register(void)
+{
+	return ast_manager_register_xml("ElevenLabsConvAIToolResult", EVENT_FLAG_CALL,
+		action_tool_result);
+}
+
+void convai_manager_unregister(void)
+{
+	ast_manager_unregister("ElevenLabsConvAIToolResult");
+}

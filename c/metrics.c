@@ -27,8 +27,13 @@
 #pragma weak prometheus_callback_unregister
 #pragma weak prometheus_metric_to_string
 
-#define STATUS_MAX 3
-static const char *status_names[STATUS_MAX] = { "COMPLETED", "HANGUP", "FAILED" };
+#define STATUS_MAX 4
+static const char *status_names[STATUS_MAX] = { "COMPLETED", "HANGUP", "FAILED", "TRANSFER" };
+static const char *transfer_results[CONVAI_TRANSFER_RESULT_MAX] = {
+	[CONVAI_TRANSFER_BLIND] = "blind", [CONVAI_TRANSFER_REFER] = "refer",
+	[CONVAI_TRANSFER_ANSWERED] = "answered", [CONVAI_TRANSFER_FAILED] = "failed",
+};
+#define FAMILY_MAX 4   /* the most label values of one family */
 
 /* Upper bounds, in seconds and in µs, of the first-audio latency histogram's buckets. */
 static const char *bucket_le[] = { "0.005", "0.01", "0.02", "0.05", "0.1", "0.25", "1" };
@@ -42,6 +47,7 @@ static struct {
 	_Atomic uint64_t underruns;
 	_Atomic uint64_t first_audio[NBUCKETS + 1];   /* per bucket, the last is +Inf */
 	_Atomic uint64_t first_audio_sum_us;
+	_Atomic uint64_t transfers[CONVAI_TRANSFER_RESULT_MAX];
 } m;
 
 static int registered;
@@ -85,17 +91,22 @@ void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint6
  */
 void convai_metrics_call_failed_early(void)
 {
-	atomic_fetch_add(&m.calls[STATUS_MAX - 1], 1);   /* FAILED */
+	atomic_fetch_add(&m.calls[2], 1);   /* FAILED */
+}
+
+void convai_metrics_transfer(enum convai_transfer_result result)
+{
+	atomic_fetch_add(&m.transfers[result], 1);
 }
 
 static void render_family(struct ast_str **out, enum prometheus_metric_type type,
 	const char *name, const char *help, const char *label, const char **values,
 	const uint64_t *v, int n)
 {
-	struct prometheus_metric metrics[STATUS_MAX];
+	struct prometheus_metric metrics[FAMILY_MAX];
 	int i;
 
-	for (i = 0; i < n && i < STATUS_MAX; i++) {
+	for (i = 0; i < n && i < FAMILY_MAX; i++) {
 		struct prometheus_metric *metric = &metrics[i];
 
 		*metric = (struct prometheus_metric) PROMETHEUS_METRIC_STATIC_INITIALIZATION(type, "",
@@ -150,6 +161,13 @@ static void metrics_render(struct ast_str **out)
 	v[0] = atomic_load(&m.underruns);
 	render_family(out, PROMETHEUS_METRIC_COUNTER, "asterisk_elevenlabs_underruns_total",
 		"Playout ticks with agent audio waiting but none ready.", NULL, NULL, v, 1);
+	for (s = 0; s < CONVAI_TRANSFER_RESULT_MAX; s++) {
+		v[s] = atomic_load(&m.transfers[s]);
+	}
+	render_family(out, PROMETHEUS_METRIC_COUNTER, "asterisk_elevenlabs_transfers_total",
+		"Transfers by the agent's transfer tool: blind (dialplan), refer (SIP REFER), answered "
+		"(warm, bridged) and failed (refused, not answered, busy, REFER rejected).", "result",
+		transfer_results, v, CONVAI_TRANSFER_RESULT_MAX);
 	render_first_audio(out);
 }
 

@@ -18,7 +18,7 @@ void convai_metrics_call_started(void);
 
 /*!
  * \brief Account for a finished call.
- * \param status COMPLETED, HANGUP or FAILED
+ * \param status COMPLETED, HANGUP, FAILED or TRANSFER
  * \param first_frame the call's first-frame latency histogram (CONVAI_HIST_BUCKETS buckets)
  */
 void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint64_t underruns,
@@ -26,5 +26,15 @@ void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint6
 
 /*! \brief A call that failed before its conversation could start (unknown agent, ...). */
 void convai_metrics_call_failed_early(void);
+
+enum convai_transfer_result {
+	CONVAI_TRANSFER_BLIND,      /* continued at the dialplan target */
+	CONVAI_TRANSFER_REFER,      /* the caller's phone accepted a SIP REFER */
+	CONVAI_TRANSFER_ANSWERED,   /* warm: the target answered, caller bridged */
+	CONVAI_TRANSFER_FAILED,     /* refused, not answered, busy, REFER rejected */
+	CONVAI_TRANSFER_RESULT_MAX
+};
+
+void convai_metrics_transfer(enum convai_transfer_result result);
 
 #endif /* CONVAI_METRICS_H */

@@ -159,6 +159,38 @@ static void fill_str(char *dst, size_t len, const char *src)
 	ast_copy_string(dst, S_OR(src, ""), len);
 }
 
+/* The agent's client tools and the names of its transfer targets, for convai/tools.py.
+ * Where a target leads (its dialplan location or dial string) never leaves C. */
+static void session_fill_tools(struct ast_json *extra, struct convai_agent *a)
+{
+	struct ast_json *tools = ast_json_array_create();
+	struct ast_json *targets = ast_json_array_create();
+	int i;
+
+	for (i = 0; tools && i < a->n_tools; i++) {
+		const struct convai_tool *t = &a->tools[i];
+		struct ast_json *vars = ast_json_array_create();
+		char *names = ast_strdupa(t->variables), *name;
+
+		while (vars && (name = strsep(&names, "|"))) {
+			if (!ast_strlen_zero(ast_strip(name))) {
+				ast_json_array_append(vars, ast_json_string_create(ast_strip(name)));
+			}
+		}
+		ast_json_array_append(tools, ast_json_pack("{s: s, s: s, s: i, s: s, s: o}",
+			"name", t->name, "action", convai_tool_action_name(t->action),
+			"timeout", t->timeout, "param", t->param, "variables", vars ?: ast_json_array_create()));
+	}
+	for (i = 0; targets && i < a->n_targets; i++) {
+		const struct convai_target *t = &a->targets[i];
+
+		ast_json_array_append(targets, ast_json_pack("{s: s, s: s, s: i}", "name", t->name,
+			"mode", t->mode == CONVAI_XFER_BLIND ? "blind" : "warm", "timeout", t->timeout));
+	}
+	ast_json_object_set(extra, "tools", tools ?: ast_json_array_create());
+	ast_json_object_set(extra, "transfer_targets", targets ?: ast_json_array_create());
+}
+
 /* Dynamic variables (with ${VAR} substituted now) and overrides, as JSON for Python. */
 static void session_fill_extra(struct convai_session *s, struct ast_channel *chan,
 	struct convai_agent *a)
@@ -192,6 +224,7 @@ static void session_fill_extra(struct convai_session *s, struct ast_channel *cha
 	}
 	ast_json_object_set(extra, "dynamic_variables", vars);
 	ast_json_object_set(extra, "agent", agent);
+	session_fill_tools(extra, a);
 	if (!ast_strlen_zero(a->voice_id)) {
 		ast_json_object_set(extra, "voice_id", ast_json_string_create(a->voice_id));
 	}

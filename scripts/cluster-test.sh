@@ -3,13 +3,14 @@
 # module, on loopback addresses of their own, with sipp callers and the simulator, in the
 # Debian sid testbed. As root, from any directory:
 #
-#   bash scripts/cluster-test.sh [-- PYTEST_ARGS...]
+#   bash scripts/cluster-test.sh [--built] [-- PYTEST_ARGS...]
 #
-# 1. testbed/testbed.sh provision (cached), 2. scripts/build.sh in the testbed, 3. pytest
-# tests/cluster in the testbed: calls spread over the nodes, a node killed mid-run (failover,
-# detection, recovery), a rolling `elevenlabs reload`, draining a node. The figures (calls per
-# node, detection time, calls lost, Kamailio CPU per call, wall time) are printed and written to
-# out/cluster-results.json. scripts/test.sh runs this as its cluster phase.
+# 1. testbed/testbed.sh provision (cached); 2. scripts/build.sh in the testbed (--built: the
+# caller, scripts/test.sh, has done both); 3. pytest tests/cluster in the testbed: calls spread
+# over the nodes, a node killed mid-run (failover, detection, recovery), a node stopping
+# gracefully, a rolling `elevenlabs reload`, draining a node. The figures (calls per node,
+# detection times, calls lost, Kamailio CPU per call, wall time) are printed and written to
+# out/cluster-results.json. scripts/test.sh runs this as its `cluster` phase.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -21,14 +22,21 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
+fi
+built=0
+if [ "${1:-}" = --built ]; then
+  built=1
+  shift
 fi
 [ "${1:-}" = -- ] && shift
 
 t0=$(date +%s.%N)
-bash "$TB" provision
-bash "$TB" run bash /src/scripts/build.sh
+if [ "$built" = 0 ]; then
+  bash "$TB" provision
+  bash "$TB" run bash /src/scripts/build.sh
+fi
 export CONVAI_REQUIRE_INTEGRATION=1 CONVAI_CLUSTER_RESULTS=/src/out/cluster-results.json
 rc=0
 bash "$TB" run python3 -m pytest tests/cluster -ra -p no:cacheprovider "$@" || rc=$?

@@ -10,6 +10,8 @@
 #                from-source flavours have no PJSIP, so they run the tests not marked `sip`);
 #   source-md:   (from-source flavours) docs/INSTALL.md's "Building from source" run verbatim in a
 #                throw-away overlay, then a call through the installed module;
+#   cluster:     (sid) scripts/cluster-test.sh: Kamailio in front of three nodes, failover,
+#                recovery, rolling reload, draining (docs/SCALING.md);
 #   deb:         (sid) testbed/deb-test.sh builds, lints, installs, calls, removes, purges.
 # It ends with a matrix: phase x flavour, PASS/FAIL/SKIP and seconds.
 #
@@ -19,7 +21,7 @@
 #   --integration-only  no host phases, and only tests/integration in the pytest phase
 #   --flavour F,...     only these flavours (default: all; sid alone with --integration-only or -k)
 #   --phase P,...       only these phases (and the ones they need), e.g. --phase source-md
-#   -k EXPR             passed to every pytest run; phases marked `full` (source-md, deb) are not run
+#   -k EXPR             passed to every pytest run; phases marked `full` (cluster, source-md, deb) are not run
 #   -- ARGS             passed to every pytest run; likewise
 #   --list              print the phase table and exit
 # Exits non-zero when anything fails.
@@ -53,6 +55,7 @@ PHASES=(
   "provision  all    -          always  tb provision"
   "build      all    provision  always  tb run bash /src/scripts/build.sh"
   "pytest     all    build      always  tb_pytest"
+  "cluster    sid    build      full    bash \$REPO/scripts/cluster-test.sh --built"
   "source-md  source provision  full    tb run --scratch bash /src/tests/install/source-install.sh"
   "deb        sid    provision  full    bash \$REPO/testbed/deb-test.sh"
 )

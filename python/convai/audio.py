@@ -7,12 +7,13 @@ small. PCM is always signed 16-bit little-endian mono ("s16le"), whatever the ho
 from __future__ import annotations
 
 import math
-import re
 import sys
 from array import array
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from operator import mul
+
+from .protocol import AUDIO_FORMATS, AudioFormat
 
 __all__ = [
     "FORMATS",
@@ -30,23 +31,13 @@ __all__ = [
     "ulaw_encode",
 ]
 
-# Every format the agent API accepts (reference §5). The telephony ones are ulaw_8000,
-# pcm_8000 and pcm_16000; the others cost nothing to support.
-FORMATS: tuple[str, ...] = (
-    "ulaw_8000",
-    "pcm_8000",
-    "pcm_16000",
-    "pcm_22050",
-    "pcm_24000",
-    "pcm_44100",
-    "pcm_48000",
-)
+# Every format the agent API accepts (reference §5); their facts live in protocol.py.
+FORMATS: tuple[str, ...] = tuple(AUDIO_FORMATS)
 
 # rms_dbfs() of digital silence: a finite floor keeps comparisons, logs and JSON simple.
 SILENCE_DBFS = -120.0
 
 _BIG_ENDIAN = sys.byteorder == "big"
-_FORMAT_RE = re.compile(r"^(ulaw|pcm)_(\d+)$")
 
 
 # --- G.711 μ-law ------------------------------------------------------------------------------
@@ -198,27 +189,28 @@ def resample_s16(pcm: bytes | bytearray | memoryview, src_rate: int, dst_rate: i
 
 
 # --- ConvAI formats ---------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _parse_format(fmt: str) -> tuple[bool, int]:
-    m = _FORMAT_RE.match(fmt)
-    if m is None or fmt not in FORMATS:
-        raise ValueError(f"unsupported ConvAI audio format {fmt!r}; expected one of {FORMATS}")
-    return m.group(1) == "ulaw", int(m.group(2))
+def _format(fmt: str) -> AudioFormat:
+    try:
+        return AUDIO_FORMATS[fmt]
+    except KeyError:
+        raise ValueError(
+            f"unsupported ConvAI audio format {fmt!r}; expected one of {FORMATS}"
+        ) from None
 
 
 def format_rate(fmt: str) -> int:
     """Sample rate of a ConvAI format, e.g. 8000 for ulaw_8000."""
-    return _parse_format(fmt)[1]
+    return _format(fmt).sample_rate
 
 
 def is_ulaw(fmt: str) -> bool:
-    return _parse_format(fmt)[0]
+    return _format(fmt).encoding == "ulaw"
 
 
 def bytes_per_ms(fmt: str) -> float:
     """Encoded bytes per millisecond (8.0 for ulaw_8000, 32.0 for pcm_16000)."""
-    ulaw, rate = _parse_format(fmt)
-    return rate * (1 if ulaw else 2) / 1000.0
+    f = _format(fmt)
+    return f.sample_rate * f.sample_width / 1000.0
 
 
 def duration_ms(data_len: int, fmt: str) -> float:
@@ -228,15 +220,14 @@ def duration_ms(data_len: int, fmt: str) -> float:
 
 def silence(fmt: str, ms: int) -> bytes:
     """ms milliseconds of digital silence, encoded in fmt."""
-    ulaw, rate = _parse_format(fmt)
-    n = rate * ms // 1000
-    return b"\xff" * n if ulaw else bytes(2 * n)
+    f = _format(fmt)
+    return bytes([f.silence_byte]) * (f.sample_rate * ms // 1000 * f.sample_width)
 
 
 def to_pcm16(data: bytes | bytearray | memoryview, fmt: str) -> tuple[bytes, int]:
     """Audio encoded in a ConvAI format → (s16le PCM, sample rate)."""
-    ulaw, rate = _parse_format(fmt)
-    if ulaw:
+    rate = format_rate(fmt)
+    if is_ulaw(fmt):
         return ulaw_decode(data), rate
     mv = memoryview(data)
     return bytes(mv[: len(mv) & ~1]), rate
@@ -244,6 +235,5 @@ def to_pcm16(data: bytes | bytearray | memoryview, fmt: str) -> tuple[bytes, int
 
 def from_pcm16(pcm: bytes | bytearray | memoryview, rate: int, fmt: str) -> bytes:
     """s16le PCM at rate → audio encoded in a ConvAI format (resampled when the rates differ)."""
-    ulaw, dst_rate = _parse_format(fmt)
-    out = resample_s16(pcm, rate, dst_rate)
-    return ulaw_encode(out) if ulaw else out
+    out = resample_s16(pcm, rate, format_rate(fmt))
+    return ulaw_encode(out) if is_ulaw(fmt) else out

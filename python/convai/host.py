@@ -36,9 +36,10 @@ from typing import Any
 
 import aiohttp
 
-from convai import protocol
+from convai import protocol, tools
 from convai.playout import Framer
 from convai.session import AgentConfig, CallInfo, Session, SessionResult, Started
+from convai.tools import Telephony, TransferTarget
 
 from ._native import ffi, lib  # type: ignore[import-not-found]
 
@@ -133,17 +134,24 @@ def _eventfd_drain(fd: int) -> None:
         os.eventfd_read(fd)
 
 
-def agent_config_from(sess: Any) -> AgentConfig:
-    """The agent settings C copied into the session when the call started."""
-    extra: dict[str, Any] = {}
+def extra_from(sess: Any) -> dict[str, Any]:
+    """The JSON C filled in when the call started: variables, overrides, tools."""
     raw = _cstr(sess.extra_json)
     if raw:
         try:
             extra = json.loads(raw)
+            if isinstance(extra, dict):
+                return extra
         except ValueError:
-            log.warning(
-                "ignoring unreadable dynamic variables/overrides for [%s]", _cstr(sess.agent)
-            )
+            pass
+        log.warning("ignoring unreadable dynamic variables/overrides for [%s]", _cstr(sess.agent))
+    return {}
+
+
+def agent_config_from(sess: Any, extra: dict[str, Any] | None = None) -> AgentConfig:
+    """The agent settings C copied into the session when the call started."""
+    if extra is None:
+        extra = extra_from(sess)
     overrides: dict[str, Any] = {}
     if extra.get("agent"):
         overrides["agent"] = extra["agent"]
@@ -179,12 +187,16 @@ class CallBridge:
         self.sess = sess
         self.callid = int(sess.callid)
         self.channel = _cstr(sess.channel)
-        self.config = agent_config_from(sess)
+        extra = extra_from(sess)
+        self.config = agent_config_from(sess, extra)
         self.tag = f"{self.channel} [{self.config.name}]"  # as the session and C tag lines
+        specs, targets = tools.config_from_json(extra)
+        self.telephony = Telephony(self, specs, targets, log, self.tag)
         self.session = Session(
             self.config,
             call_info_from(sess),
             self,
+            tools=self.telephony.registry,
             http=runtime.http(),
             log=log,
             supported_formats=SUPPORTED_FORMATS,
@@ -232,10 +244,31 @@ class CallBridge:
             return
         os.eventfd_write(self.sess.down_efd, 1)
 
-    def _send_end(self, status: str, reason: str, detail: str) -> None:
+    def _fields(self, n: int, count: int) -> list[str]:
+        text = bytes(ffi.buffer(self._cmd_buf, n)).decode("utf-8", errors="replace")
+        parts = text.split("\t", count - 1)
+        return parts + [""] * (count - len(parts))
+
+    # --- CallPort: what the tools ask of the channel thread ------------------------------------
+    def transfer(self, tool_call_id: str, target: TransferTarget) -> None:
+        self._command(lib.CONVAI_CMD_TRANSFER, f"{tool_call_id}\t{target.name}")
+
+    def send_dtmf(self, digits: str) -> None:
+        self._command(lib.CONVAI_CMD_SEND_DTMF, digits)
+
+    def set_variable(self, name: str, value: str) -> None:
+        self._command(lib.CONVAI_CMD_SETVAR, f"{name}={value}")
+
+    def end_conversation(self, reason: str, detail: str) -> None:
+        self.session.end(protocol.EndReason(reason), detail)
+
+    def tell_agent(self, text: str) -> None:
+        self.session.send_contextual_update(text)
+
+    def _send_end(self, status: str, reason: str, detail: str, play_out: bool = False) -> None:
         if not self.ended:
             self.ended = True
-            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}")
+            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}\t{int(play_out)}")
 
     def _on_up(self) -> None:
         _eventfd_drain(self.sess.up_efd)
@@ -247,6 +280,17 @@ class CallBridge:
             kind = self._cmd_type[0]
             if kind == lib.CONVAI_CMD_DTMF:
                 self.session.send_dtmf(bytes(ffi.buffer(self._cmd_buf, n)).decode())
+            elif kind == lib.CONVAI_CMD_TRANSFER_STATE:
+                call_id, state, detail = self._fields(n, 3)
+                self.telephony.on_transfer_state(call_id, state, detail)
+            elif kind == lib.CONVAI_CMD_TOOL_RESULT:
+                call_id, is_error, result = self._fields(n, 3)
+                if not self.telephony.on_tool_result(call_id, result, is_error == "1"):
+                    log.warning(
+                        "%s: ElevenLabsConvAIToolResult for %r, which no ami tool call awaits",
+                        self.tag,
+                        tools.clean_text(call_id, 64),
+                    )
             elif kind == lib.CONVAI_CMD_HANGUP:
                 self.c_gone = True
                 self.session.hangup()
@@ -312,10 +356,8 @@ class CallBridge:
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
         # The session has already refused formats outside SUPPORTED_FORMATS.
-        self.framer = Framer(
-            protocol.frame_bytes(started.output_format),
-            0xFF if started.output_format == "ulaw_8000" else 0,
-        )
+        fmt = protocol.AUDIO_FORMATS[started.output_format]
+        self.framer = Framer(fmt.frame_bytes, fmt.silence_byte)
         self._command(
             lib.CONVAI_CMD_STARTED,
             f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
@@ -334,6 +376,7 @@ class CallBridge:
                 len(audio),
             )
             return
+        self.telephony.on_agent_audio()
         self._push(self.framer.feed(event_id, audio))
         if self._tail_timer:
             self._tail_timer.cancel()
@@ -376,12 +419,27 @@ class CallBridge:
                 self.sess, lib.CONVAI_STAT_PING_RTT_US, int(self.session.ping_rtt_ms * 1000)
             )
         elif isinstance(event, protocol.ClientToolCall):
-            params = json.dumps(event.parameters, separators=(",", ":"))[:600]
+            # Every field from the server goes through clean_text: no CR/LF, so no header
+            # can be injected into the AMI event.
+            params = json.dumps(event.parameters, separators=(",", ":"), ensure_ascii=True)
+            handler = self.telephony.handler_kind(event.tool_name)
             self._command(
                 lib.CONVAI_CMD_EVENT,
-                f"ElevenLabsConvAIToolCall\r\nToolName: {event.tool_name}\r\n"
-                f"ToolCallID: {event.tool_call_id}\r\nParameters: {params}\r\n",
+                "ElevenLabsConvAIToolCall\r\n"
+                f"ToolName: {tools.clean_text(event.tool_name, 64)}\r\n"
+                f"ToolCallID: {tools.clean_text(event.tool_call_id, 128)}\r\n"
+                f"Parameters: {tools.clean_text(params, 600)}\r\nHandler: {handler}\r\n",
             )
+        elif isinstance(event, protocol.AgentToolResponse) and not event.full_payload:
+            self.telephony.on_system_tool(event)
+            if event.tool_name in tools.SYSTEM_TOOLS:
+                self._command(
+                    lib.CONVAI_CMD_EVENT,
+                    "ElevenLabsConvAISystemTool\r\n"
+                    f"ToolName: {event.tool_name}\r\n"
+                    f"ToolCallID: {tools.clean_text(event.tool_call_id, 128)}\r\n"
+                    f"IsError: {'true' if event.is_error else 'false'}\r\n",
+                )
 
     # --- lifetime -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -400,16 +458,19 @@ class CallBridge:
             self._close()
 
     async def _finish(self, result: SessionResult) -> None:
-        # Everything the agent said must reach the ring before C is told to drain and leave.
-        if self.framer:
-            self._push(self.framer.flush())
-        while self.backlog and not self.c_gone:
-            await asyncio.sleep(TOP_UP_S)
-            self._drain_backlog()
+        # The session decided whether the agent's last words play (lifecycle.py): then all
+        # of them must reach the ring before C is told to drain and leave.
+        if result.play_out:
+            if self.framer:
+                self._push(self.framer.flush())
+            while self.backlog and not self.c_gone:
+                await asyncio.sleep(TOP_UP_S)
+                self._drain_backlog()
         detail = result.detail.replace("\t", " ").replace("\n", " ")
-        self._send_end(result.status, result.reason.value, detail)
+        self._send_end(result.status, result.reason.value, detail, result.play_out)
 
     def _close(self) -> None:
+        self.telephony.close()
         for timer in (self._tail_timer, self._top_up):
             if timer:
                 timer.cancel()

@@ -20,11 +20,15 @@ A transfer (issue 10) adds TRANSFERRING between TALKING and CLOSING: enter it fr
 with :meth:`Lifecycle.to`, leave it back to TALKING, or end() from it like from any live
 phase. Add it to :class:`Phase`, :data:`LIVE` if audio should keep flowing, and ``_NEXT``.
 
-Play-out (issue 11 (4)): agent audio already handed to the host is played to the caller
-before the call ends, whatever the status, once the conversation has started, because
-those are the agent's words and the caller is still there; a TCP reset must not cut them.
-The exceptions are a caller hangup (no one to hear them) and a shutdown (Asterisk must stop
-promptly). :attr:`Outcome.play_out` carries that decision to the host.
+Play-out (issue 11 (4)): the agent audio already received is played to the caller before
+the call ends when the conversation ended normally (COMPLETED), with a transfer, or by a
+network loss (a TCP reset, no close frame): the server did not take those words back, they
+were on their way to the caller, and a reset must not cut them off mid-sentence. It is not
+played when the server broke the conversation off itself (an error, a policy decision, a
+timeout: it disowns what it was saying, a policy violation may be the very words, and the
+dialplan should reach its fallback at once), after a caller hangup (no one to hear it) or a
+shutdown (Asterisk must stop promptly). :attr:`Outcome.play_out` carries the decision to the
+host, and C obeys it (``call_on_end`` in ``c/call.c``).
 """
 
 from __future__ import annotations
@@ -69,8 +73,8 @@ class Status(enum.StrEnum):
 _COMPLETED_REASONS: Final = frozenset(
     {EndReason.COMPLETED, EndReason.AGENT_ENDED_CALL, EndReason.MAX_DURATION}
 )
-# Endings after which the agent's last words are not played (see the module docstring).
-_NO_PLAY_OUT: Final = frozenset({EndReason.CALLER_HANGUP, EndReason.SHUTDOWN})
+# Endings after which the agent's last words are played (see the module docstring).
+_PLAY_OUT: Final = _COMPLETED_REASONS | {EndReason.TRANSFER, EndReason.NETWORK_LOSS}
 
 
 def status_for(reason: EndReason) -> Status:
@@ -142,7 +146,7 @@ class Lifecycle:
             ending.reason,
             ending.detail,
             self.close_code,
-            self.talked and ending.reason not in _NO_PLAY_OUT,
+            self.talked and ending.reason in _PLAY_OUT,
         )
 
 

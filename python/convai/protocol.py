@@ -93,17 +93,24 @@ _CLOSE_CODES: Final = range(1000, 5000)
 
 @dataclass(frozen=True, slots=True)
 class AudioFormat:
-    """One of the agent audio formats (reference §5). PCM is s16le mono."""
+    """One of the agent audio formats (reference §5). PCM is s16le mono.
+
+    The Python home of these facts (``audio.py`` and the simulator read them from here); the
+    C side's table of the three a channel can run in is ``convai_format()`` in
+    ``c/convai_shared.h``, and ``tests/unit/test_audio.py`` checks that the two agree.
+    """
 
     name: str
     encoding: str  # "ulaw" | "pcm_s16le"
     sample_rate: int
     sample_width: int  # bytes per sample
     frame_bytes: int  # bytes per 20 ms frame
+    silence_byte: int  # the byte digital silence is made of (μ-law 0xFF, PCM 0)
 
 
 def _fmt(name: str, encoding: str, rate: int, width: int) -> AudioFormat:
-    return AudioFormat(name, encoding, rate, width, rate * 20 // 1000 * width)
+    silence = 0xFF if encoding == "ulaw" else 0
+    return AudioFormat(name, encoding, rate, width, rate * 20 // 1000 * width, silence)
 
 
 AUDIO_FORMATS: Final[Mapping[str, AudioFormat]] = {

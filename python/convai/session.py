@@ -1,10 +1,12 @@
 """One ConvAI conversation for one call, on asyncio.
 
-:class:`Session` is the I/O around the sans-I/O core in ``protocol.py``: it fetches the
-signed URL (aiohttp), opens the WebSocket (websockets), sends
-``conversation_initiation_client_data``, answers pings, chunks caller audio, runs client
-tools and reports why the conversation ended. The host (``host.py``) gets the agent's
-audio and events through a :class:`SessionHandler`; every callback runs on the loop.
+:class:`Session` is the I/O around the sans-I/O core in ``protocol.py`` and the phase
+machine in ``lifecycle.py``: it fetches the signed URL (``signed_url.py``), opens the
+WebSocket (websockets), sends ``conversation_initiation_client_data``, answers pings, chunks
+caller audio, runs client tools and reports why the conversation ended, decided once in
+``Session._end`` (``docs/ARCHITECTURE.md``, "The Python side"). The host (``host.py``) gets
+the agent's audio and events through a :class:`SessionHandler`; every callback runs on the
+loop.
 
 Choices that are ours, not the protocol's:
 
@@ -42,7 +44,6 @@ import asyncio
 import collections
 import contextlib
 import datetime
-import json
 import logging
 import math
 import ssl
@@ -50,19 +51,19 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Protocol, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from . import __version__, protocol
+from . import protocol, signed_url
 from .lifecycle import Lifecycle, Phase, Status, close_outcome
 from .protocol import (
     AUDIO_FORMATS,
     RESERVED_VARIABLE_PREFIX,
     AgentToolResponse,
     Audio,
+    AudioFormat,
     ClientProtocol,
     ClientToolCall,
     ConversationInitiationMetadata,
@@ -75,6 +76,7 @@ from .protocol import (
     UnknownMessage,
     VadScore,
 )
+from .signed_url import REDACTED, USER_AGENT, redact_url
 from .tools import ToolOutcome, ToolRegistry
 
 __all__ = [
@@ -95,34 +97,20 @@ CLOSE_TIMEOUT: Final = 2.0  # hangup must be prompt even if the server never ans
 PRESTART_MS: Final = 1000  # caller audio kept while waiting for the metadata
 PRESTART_MAX_BYTES: Final = 96_000  # 1 s of the widest format, before we know the real one
 UP_BACKLOG_MS: Final = 2000  # caller audio queued for a stalled socket before dropping
-# Query parameters of a signed URL that are not secret (everything else is redacted).
-_PUBLIC_PARAMS: Final = frozenset({"agent_id", "source", "version", "environment", "branch_id"})
+# elevenlabs_audio_frames_buffer_ms bounds: C validates the configuration against the same
+# numbers (CONVAI_BUFFER_MS_MIN/MAX); here they only guard other callers of Session.
+BUFFER_MS_MIN: Final = 20
+BUFFER_MS_MAX: Final = 2000
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
-REDACTED: Final = "<redacted>"
-USER_AGENT: Final = f"app_elevenlabs_convai/{__version__}"
 
 _WS_LOG = logging.getLogger("convai.websockets")
 _WS_LOG.setLevel(logging.WARNING)  # its DEBUG lines carry the signed request line
 
 
 def redact_key(key: str) -> str:
-    """Enough of an API key to tell two apart in a log, never enough to use it."""
-    return f"…{key[-4:]}" if len(key) >= 16 else "…"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info and with the query replaced by ``<redacted>``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port is not None:
-            netloc = f"{netloc}:{parts.port}"
-        query = REDACTED if parts.query else ""
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except ValueError:
-        return REDACTED
+    """Enough of an API key to tell two apart in a log, never enough to use it: the last 4
+    characters of a key of 16 or more. The CLI's style (c/cli.c), so both read alike."""
+    return "****" + (key[-4:] if len(key) >= 16 else "")
 
 
 @dataclass(frozen=True)
@@ -207,33 +195,6 @@ def _default_ssl_context() -> ssl.SSLContext:
     if _default_ssl is None:  # loading the CA store costs milliseconds: once per process
         _default_ssl = ssl.create_default_context()
     return _default_ssl
-
-
-def _http_detail(body: bytes) -> str:
-    """The ``detail`` of an ElevenLabs error body: a string, an object or a list (422)."""
-    try:
-        data: object = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", errors="replace").strip()
-        return text[:300] or "(empty body)"
-    detail = data.get("detail", data) if isinstance(data, dict) else data
-    if isinstance(detail, str):
-        out = detail
-    elif isinstance(detail, dict):
-        status, message = detail.get("status"), detail.get("message")
-        out = ": ".join(str(x) for x in (status, message) if x) or json.dumps(detail)
-    elif isinstance(detail, list):
-        msgs = []
-        for item in detail:
-            if isinstance(item, dict):
-                loc = ".".join(str(x) for x in item.get("loc", []) or [])
-                msgs.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", item)))
-            else:
-                msgs.append(str(item))
-        out = "; ".join(msgs)
-    else:
-        out = json.dumps(detail)
-    return out[:300]
 
 
 class Session:
@@ -494,109 +455,21 @@ class Session:
     # ------------------------------------------------------------------ signed URL
 
     async def _signed_url(self, http: aiohttp.ClientSession | None) -> str:
-        cfg = self.config
         assert http is not None
-        where = f"agent [{cfg.name}]"
-        if not cfg.api_key:
-            raise _Failure(EndReason.SIGNED_URL_FAILED, f"{where}: elevenlabs_api_key is not set")
-        if not cfg.signed_url_endpoint or not cfg.agent_id:
-            raise _Failure(
-                EndReason.SIGNED_URL_FAILED,
-                f"{where}: elevenlabs_get_signed_url_endpoint and elevenlabs_agent_id are required",
-            )
-        timeout = aiohttp.ClientTimeout(total=cfg.http_timeout)
-        attempts = max(0, cfg.http_retries) + 1
-        problem = ""
-        for attempt in range(attempts):
-            if attempt:
-                delay = cfg.http_retry_backoff * 2 ** (attempt - 1)
-                self.log.warning(
-                    "%s: signed URL request failed (%s); retry %d/%d in %.1f s",
-                    self._tag,
-                    problem,
-                    attempt,
-                    attempts - 1,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            try:
-                async with http.get(
-                    cfg.signed_url_endpoint,
-                    params={"agent_id": cfg.agent_id},
-                    headers={"xi-api-key": cfg.api_key, "User-Agent": USER_AGENT},
-                    timeout=timeout,
-                    ssl=self._ssl or True,
-                    proxy=cfg.proxy,
-                    allow_redirects=False,  # never hand the key to another host
-                ) as resp:
-                    status = resp.status
-                    body = await resp.read()
-            except TimeoutError:
-                problem = f"no answer within {cfg.http_timeout:g} s"
-                continue
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                problem = self._scrub(f"{type(exc).__name__}: {exc}")
-                continue
-            if status >= 500:
-                problem = self._scrub(f"HTTP {status}: {_http_detail(body)}")
-                continue
-            if status != 200:
-                raise _Failure(EndReason.SIGNED_URL_FAILED, self._http_error(status, body))
-            return self._parse_signed_url(body)
-        raise _Failure(
-            EndReason.SIGNED_URL_FAILED,
-            f"{where}: signed URL request to {redact_url(cfg.signed_url_endpoint)} failed"
-            f" after {attempts} attempt(s): {problem}",
-        )
-
-    def _http_error(self, status: int, body: bytes) -> str:
-        name = self.config.name
-        detail = self._scrub(_http_detail(body))
-        hint = {
-            401: "the API key was rejected: check elevenlabs_api_key",
-            403: "the API key lacks permission for this agent: check elevenlabs_api_key",
-            404: "agent not found: check elevenlabs_agent_id",
-            422: "request rejected: check elevenlabs_agent_id",
-        }.get(status, "unexpected answer: check elevenlabs_get_signed_url_endpoint")
-        return (
-            f"agent [{name}]: signed URL request failed with HTTP {status} ({detail});"
-            f" {hint} in section [{name}]"
-        )
-
-    def _parse_signed_url(self, body: bytes) -> str:
-        where = f"agent [{self.config.name}]"
         try:
-            data: object = json.loads(body)
-        except ValueError:
-            raise _Failure(
-                EndReason.SIGNED_URL_FAILED, f"{where}: signed URL response is not JSON"
-            ) from None
-        url = data.get("signed_url") if isinstance(data, dict) else None
-        if not isinstance(url, str) or not url:
-            raise _Failure(
-                EndReason.SIGNED_URL_FAILED, f"{where}: signed URL response has no signed_url"
+            signed = await signed_url.fetch(
+                http,
+                self.config,
+                ssl_context=self._ssl,
+                log=self.log,
+                tag=self._tag,
+                scrub=self._scrub,
             )
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            parts = None
-        if (
-            parts is None
-            or parts.scheme not in ("ws", "wss", "http", "https")
-            or not parts.hostname
-        ):
-            raise _Failure(
-                EndReason.SIGNED_URL_FAILED, f"{where}: signed_url is not a WebSocket URL"
-            )
-        if parts.query:  # the signature lives here: never log it
-            self._secrets.append(parts.query)
-            self._secrets += [
-                v for k, v in parse_qsl(parts.query) if k not in _PUBLIC_PARAMS and len(v) >= 8
-            ]
-        self._secrets.append(url)
+        except signed_url.SignedUrlFailed as exc:
+            raise _Failure(EndReason.SIGNED_URL_FAILED, str(exc)) from None
+        self._secrets += signed.secrets
         self._secrets.sort(key=len, reverse=True)  # replace the longest first
-        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+        return signed.url
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -796,15 +669,11 @@ class Session:
         if self._life.phase is not Phase.CONNECTING:
             self.log.warning("%s: duplicate conversation metadata ignored", self._tag)
             return
-        bad = [
-            f
-            for f in (ev.user_input_audio_format, ev.agent_output_audio_format)
-            if f not in self._formats
-        ]
-        if bad:
+        formats = (ev.user_input_audio_format, ev.agent_output_audio_format)
+        if bad := sorted({f for f in formats if f not in self._formats}):
             detail = (
-                f"agent [{self.config.name}] uses audio format {', '.join(sorted(set(bad)))}"
-                f" (input {ev.user_input_audio_format}, output {ev.agent_output_audio_format});"
+                f"agent [{self.config.name}] uses audio format {', '.join(bad)}"
+                f" (input {formats[0]}, output {formats[1]});"
                 f" supported: {', '.join(sorted(self._formats))}"
             )
             self.log.error("%s: %s", self._tag, detail)
@@ -812,25 +681,22 @@ class Session:
             return
         self._to(Phase.TALKING)
         fmt = AUDIO_FORMATS[ev.user_input_audio_format]
-        ms = min(max(self.config.audio_frames_buffer_ms, 20), 2000)
+        ms = min(max(self.config.audio_frames_buffer_ms, BUFFER_MS_MIN), BUFFER_MS_MAX)
         self._chunk_bytes = max(protocol.bytes_for_ms(fmt.name, ms), fmt.sample_width)
         self._up_backlog = max(2, math.ceil(UP_BACKLOG_MS / ms))
         # Asterisk logs the start itself; this is the protocol-level detail.
         self.log.debug(
             "%s: conversation %s started (input %s, output %s)",
-            self._tag,
-            ev.conversation_id,
-            ev.user_input_audio_format,
-            ev.agent_output_audio_format,
+            *(self._tag, ev.conversation_id, *formats),
         )
-        started = Started(
-            ev.conversation_id, ev.user_input_audio_format, ev.agent_output_audio_format
-        )
-        self._callback(self.handler.on_started, started)
-        if self._life.ending is not None:  # on_started hung up
-            return
-        keep = protocol.bytes_for_ms(fmt.name, PRESTART_MS)
-        excess = len(self._prestart) - keep
+        self._callback(self.handler.on_started, Started(ev.conversation_id, *formats))
+        if self._life.ending is None:  # on_started may have hung up
+            self._send_held(fmt)
+
+    def _send_held(self, fmt: AudioFormat) -> None:
+        """What the caller said and typed before the conversation started: the newest
+        PRESTART_MS of audio, and the digits."""
+        excess = len(self._prestart) - protocol.bytes_for_ms(fmt.name, PRESTART_MS)
         if excess > 0:
             excess += -excess % fmt.sample_width  # cut whole samples only
             del self._prestart[:excess]

@@ -322,6 +322,11 @@ class Telephony:
         }[spec.action]
         return lambda call: fn(spec, call)
 
+    def handler_kind(self, name: str) -> str:
+        """For the ToolCall AMI event: module, ami or none."""
+        spec = self.specs.get(name)
+        return "none" if spec is None else "ami" if spec.action == "ami" else "module"
+
     # --- from the host ---
     def on_agent_audio(self) -> None:
         self._last_audio = time.monotonic()
@@ -476,6 +481,12 @@ class Telephony:
     async def _ami(self, spec: ToolSpec, call: ClientToolCall) -> ToolOutcome:
         fut: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
         self._ami_waits[call.tool_call_id] = fut
+        self.log.debug(
+            "%s: tool %s waits up to %g s for ElevenLabsConvAIToolResult",
+            self.tag,
+            spec.name,
+            spec.timeout,
+        )
         try:
             async with asyncio.timeout(spec.timeout):
                 result, is_error = await fut

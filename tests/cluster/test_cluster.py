@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import threading
 import time
 from typing import Any
 
+from asterisk import AsteriskError
 from calls_util import AmiEvents
 
 from cluster import PROXY_IP, Cluster, Node, SippRun, wait_until
@@ -58,7 +61,7 @@ def _failovers(farm: Cluster, since: float) -> list[tuple[float, str, str]]:
     assert farm.kamailio is not None
     return [
         (t, m.group(1), m.group(2))
-        for t, m in farm.kamailio.matching(r"failover (\S+) to (\S+)", since)
+        for t, m in farm.kamailio.matching(r"failover (\S+) to (\S+) after", since)
     ]
 
 
@@ -215,6 +218,57 @@ def test_node_killed_mid_run_fails_over_and_comes_back(
         f"detection {t_down - t_kill:.2f} s, lost {len(run.failed)} (node2 held {len(lost)}),"
         f" {len(failovers)} INVITE failover(s); back in {t_up - t_booted:.2f} s"
     )
+
+
+def test_node_stopping_gracefully_fails_over_on_5xx(farm: Cluster, results: dict[str, Any]) -> None:
+    """node3 gets `core stop gracefully` while it holds calls: it takes no new call (INVITEs
+    get a 5xx, the probes a 503). INVITEs Kamailio still sends it are retried on another node,
+    the probes mark it down, its own calls finish normally, and then Asterisk exits. No call
+    fails."""
+    k = farm.kamailio
+    assert k is not None
+    node = farm.nodes[2]
+    run = farm.calls(24, rate=3, duration_ms=6000, name="graceful")
+    wait_until(lambda: len(farm.live_calls(node)) >= 2, 20, "node3 holding 2 calls")
+    held = farm.live_calls(node)
+    t_stop = time.time()
+
+    # The CLI command returns only when Asterisk exits: send it from a thread.
+    def stop_gracefully() -> None:
+        with contextlib.suppress(AsteriskError, subprocess.TimeoutExpired):
+            node.ast.cli("core stop gracefully", timeout=60)
+
+    stopper = threading.Thread(target=stop_gracefully)
+    stopper.start()
+    down = wait_until_value(
+        lambda: k.matching(rf"node down: {node.uri}$", t_stop), 30, "node3 marked down"
+    )
+    run.wait()
+    proc = node.ast.proc
+    assert proc is not None
+    proc.wait(timeout=30)
+    stopper.join(timeout=5)
+
+    assert run.returncode == 0, run.output[-2000:]
+    assert len(run.completed) == 24 and not run.failed, (len(run.completed), run.failed)
+    where = _completed_on_nodes(farm, run, farm.nodes)
+    assert held and all(where[c] == node.name for c in held), held
+    # INVITEs that reached node3 after the stop were refused with a 5xx and retried elsewhere.
+    refused = [
+        (t, m.group(1), m.group(2), int(m.group(3)))
+        for t, m in k.matching(r"failover (\S+) to (\S+) after (\d+)", t_stop)
+    ]
+    assert refused, "no INVITE reached node3 while it was stopping"
+    for _, callid, uri, code in refused:
+        assert 500 <= code < 600 and uri != node.uri and where[callid] != node.name, (callid, code)
+    late = [d for d in _dispatched(farm, down[0][0] + 0.01) if d[2] == node.uri]
+    assert not late, late
+    farm.restart(node)
+    k.wait_state(node.uri, active=True, timeout=30)
+    results["graceful_failovers_5xx"] = sorted({code for *_, code in refused})
+    results["graceful_failover_count"] = len(refused)
+    results["graceful_detection_s"] = round(down[0][0] - t_stop, 2)
+    results["graceful_calls_finished_on_node"] = len(held)
 
 
 def test_rolling_reload_while_calls_run(farm: Cluster, results: dict[str, Any]) -> None:

@@ -146,6 +146,7 @@ def test_full_conversation_with_barge_in_completes(
     assert sequence == [
         "ElevenLabsConvAIStart",
         "ElevenLabsConvAIInterruption",
+        "ElevenLabsConvAISystemTool",  # the agent's end_call
         "ElevenLabsConvAIStats",
         "ElevenLabsConvAIEnd",
     ], sequence
@@ -280,6 +281,46 @@ def test_server_close_plays_out_queued_audio_before_hanging_up(
     assert stat(stats, "Underruns") == 0
     # The hangup waited for the audio, and not much longer.
     assert queued_at_close - 0.3 < end_at - close_at < queued_at_close + 1.0
+    ast.wait_no_channels(timeout=10)
+    assert not ast.errors(), ast.errors()
+
+
+def test_tcp_reset_plays_out_the_received_audio_then_fails(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Issue 11 (4): the agent sends its greeting 4x faster than real time and the TCP
+    connection is reset (no close frame) 2 s in. Every frame the module had received plays
+    before the call ends FAILED/network_loss, as at a normal close (lifecycle.py, play-out)."""
+    sim = simulator(Scenario(drop_tcp_after_s=2.0))
+    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, DIALPLAN)
+    mark = ast.log_mark()
+    with AmiEvents(ast) as ami:
+        _call(ast)
+        start = ami.wait("ElevenLabsConvAIStart", timeout=15)[0]
+        uid = start["Uniqueid"]
+        ami.wait("ElevenLabsConvAIEnd", lambda e: e["Uniqueid"] == uid, timeout=30)
+        end_at = ami.timed("ElevenLabsConvAIEnd")[0][0]
+        stats = ami.of("ElevenLabsConvAIStats", lambda e: e["Uniqueid"] == uid)[0]
+    line = ast.wait_for_log(RESULT_RE, timeout=10, since=mark)
+    rec = _conversation(sim)
+    wait_until(lambda: rec.done, 5, "the simulator's end of the conversation")
+    drop_at = sim_event_time(rec, "tcp_drop", "sim")[0]
+    first_audio = sent_utterances(sim, rec, FMT, CHUNK_MS)[0].first_sent
+    received = stat(stats, "BytesDown")
+    played = stat(stats, "FramesPlayed")
+    queued_at_drop = first_audio + received / 8000 - drop_at
+    print(
+        f"received {received} bytes ({received / 8000:.2f} s), played {played} frames;"
+        f" ~{queued_at_drop:.2f} s still to play at the reset, End {end_at - drop_at:.2f} s"
+        f" after it; {_stats_line(stats)}"
+    )
+    assert line.groups()[:2] == ("FAILED", "network_loss"), line.group(0)
+    assert queued_at_drop > 1.0, "the test needs audio queued at the reset"
+    # Every received byte, in whole frames (each utterance's last frame padded).
+    assert received // FRAME <= played <= frames_of(received, FRAME) + 4, _stats_line(stats)
+    assert stat(stats, "Underruns") == 0
+    # The end waited for the audio, and not much longer.
+    assert queued_at_drop - 0.3 < end_at - drop_at < queued_at_drop + 1.0
     ast.wait_no_channels(timeout=10)
     assert not ast.errors(), ast.errors()
 

@@ -36,7 +36,7 @@ LONG_GREETING = (
     "of a sentence, which is what these tests need."
 )
 CALLER_SPEECH = "Hello, I would like to know where my parcel is, please."
-EVENTS = ["Start", "Interruption", "ToolCall", "Stats", "End"]
+EVENTS = ["Start", "Interruption", "ToolCall", "SystemTool", "Stats", "End"]
 COMMON_FIELDS = ["Channel", "Uniqueid", "Agent", "AgentID", "ConversationID"]
 # A SIP caller dials 100 (sales_agent) or 200 (support_agent).
 DIALPLAN_SIP = """

@@ -91,10 +91,14 @@ def test_status_of_each_reason(reason: p.EndReason, status: Status) -> None:
     ("talked", "reason", "play_out"),
     [
         (True, R.COMPLETED, True),
+        (True, R.AGENT_ENDED_CALL, True),
+        (True, R.MAX_DURATION, True),
         (True, R.NETWORK_LOSS, True),  # issue 11 (4): a reset does not cut received words
-        (True, R.SERVER_ERROR, True),
-        (True, R.MESSAGE_TOO_BIG, True),
         (True, R.TRANSFER, True),
+        (True, R.SERVER_ERROR, False),  # the server broke it off: the fallback at once
+        (True, R.POLICY_VIOLATION, False),
+        (True, R.TIMEOUT, False),
+        (True, R.MESSAGE_TOO_BIG, False),
         (True, R.CALLER_HANGUP, False),  # no one to hear them
         (True, R.SHUTDOWN, False),  # Asterisk must stop promptly
         (False, R.NETWORK_LOSS, False),  # nothing was said

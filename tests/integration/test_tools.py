@@ -1,0 +1,486 @@
+"""Client tools through real calls: a real Asterisk, the freshly built module, the simulator.
+
+The simulator's agent makes scripted tool calls (``Scenario.tool_calls``); the module carries
+them out on the real channel: blind and warm transfers to dialplan targets, DTMF out to a SIP
+UA, variables, hangup; AMI clients answer ``ami`` tools. What is checked is what really
+happened: RTP the caller received, AMI events, channel variables logged by the dialplan,
+what the simulator received.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asterisk import Asterisk
+from calls_util import (
+    REALTIME,
+    AmiEvents,
+    arrival_wall,
+    log_time,
+    rtp_stream,
+    sent_utterances,
+    sim_event_time,
+    wait_until,
+)
+from convai_fixtures import agent, write_elevenlabs_conf
+from rtpcall import RtpCall
+
+from convai import audio
+from convai.sim import ConversationRecord, Scenario, Simulator
+
+AsteriskMaker = Callable[..., Asterisk]
+SimMaker = Callable[..., Simulator]
+FMT, CHUNK_MS, FRAME = "ulaw_8000", 100, 160
+
+TOOLS = {
+    "tool": "transfer_call: transfer",
+    "transfer_target": "sales: blind, targets,sales,1",
+}
+
+DIALPLAN = """
+[caller]
+exten => listen,1,Answer()
+ same => n,Wait(60)
+
+[test]
+exten => 100,1,Answer()
+ same => n,ElevenLabsConvAI(sim)
+ same => n,Verbose(1,AFTER status=${ELEVENLABS_STATUS} reason=${ELEVENLABS_END_REASON})
+ same => n,Hangup()
+exten => h,1,Verbose(1,RESULT status=${ELEVENLABS_STATUS} reason=${ELEVENLABS_END_REASON} \
+target=${ELEVENLABS_TRANSFER_TARGET} account=${ELEVENLABS_VAR_account} \
+reason_var=${ELEVENLABS_VAR_reason})
+
+[targets]
+exten => sales,1,Verbose(1,TARGET sales status=${ELEVENLABS_STATUS} \
+target=${ELEVENLABS_TRANSFER_TARGET})
+ same => n,Playback(${TONE})
+ same => n,Wait(5)
+ same => n,Hangup()
+exten => answer,1,Ringing()
+ same => n,Verbose(1,TARGET ringing)
+ same => n,Wait(1)
+ same => n,Answer()
+ same => n,Verbose(1,TARGET answered)
+ same => n,Wait(20)
+exten => noanswer,1,Ringing()
+ same => n,Verbose(1,TARGET ringing)
+ same => n,Wait(60)
+exten => busy,1,Busy(5)
+"""
+
+
+def tone_file(ast: Asterisk) -> tuple[str, bytes]:
+    """A 1 s two-tone μ-law file (440 Hz + 1234.5 Hz: many distinct codes per frame, so it
+    cannot be mistaken for anything else in the stream); its path without extension."""
+    pcm = b"".join(
+        struct.pack(
+            "<h",
+            int(
+                6000 * math.sin(2 * math.pi * 440 * i / 8000)
+                + 6000 * math.sin(2 * math.pi * 1234.5 * i / 8000)
+            ),
+        )
+        for i in range(8000)
+    )
+    data = audio.ulaw_encode(pcm)
+    path = ast.base / "tone"
+    path.with_suffix(".ulaw").write_bytes(data)
+    return str(path), data
+
+
+def _asterisk(
+    make: AsteriskMaker, sim: Simulator, tools: dict[str, Any], **kw: Any
+) -> tuple[Asterisk, bytes]:
+    """Asterisk with agent [sim] and its tool keys (repeatable, so written by hand and
+    reloaded), the [targets] dialplan and a known tone for it to play."""
+    section = agent(sim)
+    ast = make(agents={"sim": section}, dialplan=DIALPLAN, options=REALTIME, **kw)
+    lines = [f"{k} = {v}" for k, v in section.items()]
+    for key, value in tools.items():
+        lines += [f"{key} = {v}" for v in (value if isinstance(value, list) else [value])]
+    conf = (ast.etc / "elevenlabs.conf").read_text().split("[sim]")[0]
+    mark = ast.log_mark()
+    write_elevenlabs_conf(ast, conf + "[sim]\n" + "\n".join(lines) + "\n")
+    path, tone = tone_file(ast)
+    ast.cli(f"dialplan set global TONE {path}")
+    ast.cli("module reload app_elevenlabs_convai")
+    ast.wait_for_log(r"elevenlabs\.conf reloaded", since=mark, timeout=10)
+    return ast, tone
+
+
+def _conversation(sim: Simulator, timeout: float = 15.0) -> ConversationRecord:
+    wait_until(lambda: bool(sim.conversations), timeout, "the simulator's conversation")
+    return sim.conversations[0]
+
+
+def _scenario(calls: list[dict[str, Any]], **kw: Any) -> Scenario:
+    return Scenario(greeting="Hello.", tool_calls=[{"after_turn": 0, **c} for c in calls], **kw)
+
+
+def _local_call(ast: Asterisk) -> None:
+    ast.cli("channel originate Local/100@test extension listen@caller")
+
+
+def _result(ast: Asterisk, timeout: float = 30) -> dict[str, str]:
+    m = ast.wait_for_log(
+        r"app_verbose\.c: RESULT status=(\S*) reason=(\S*) target=(\S*) account=(\S*)"
+        r" reason_var=(.*)$",
+        timeout=timeout,
+    )
+    return dict(
+        zip(("status", "reason", "target", "account", "reason_var"), m.groups(), strict=True)
+    )
+
+
+# --- blind ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: 360 ms of silence between the agent's last frame and the target's first "
+    "(target: <= 200 ms); not yet found where it goes",
+)
+def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """The agent says it transfers, then calls the tool (post-speech, no result awaited): the
+    SIP caller hears all of those words, then the target's tone, with no gap over 200 ms."""
+    words = "Let me put you through to our sales team right away."
+    call = {
+        "tool_name": "transfer_call",
+        "parameters": {"destination": "sales"},
+        "expects_response": False,
+        "say_before": words,
+    }
+    sim = simulator(_scenario([call]))
+    ast, tone = _asterisk(convai_asterisk, sim, TOOLS)
+    with AmiEvents(ast) as ami, RtpCall(ast.sip_port, "100", codec="PCMU") as rtp:
+        started = ami.wait("ElevenLabsConvAITransferStarted", timeout=20)[0]
+        m = ast.wait_for_log(r"app_verbose\.c: TARGET sales status=(\S+) target=(\S+)$", timeout=20)
+        assert m.groups() == ("TRANSFER", "sales")
+        wait_until(lambda: tone[:1600] in rtp.audio(), 10, "the target's tone at the caller")
+        time.sleep(0.3)
+    rec = sim.conversations[0]
+    assert started["Target"] == "sales" and started["Mode"] == "blind", started
+    assert started["ToolCallID"] == rec.tool_calls[0]["tool_call_id"]
+    assert rec.tool_results == []  # the agent did not wait
+    assert rec.client_close_code == 1000
+    end = ami.of("ElevenLabsConvAIEnd")[0]
+    assert (end["Status"], end["Reason"]) == ("TRANSFER", "transfer"), end
+
+    utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
+    last = next(u for u in utts if u.text == words)
+    stream = rtp_stream(rtp)
+    body = last.audio.rstrip(b"\xff")
+    at = stream.payload.find(body)
+    assert at >= 0, "the agent's last words did not reach the caller whole"
+    tone_at = stream.payload.find(tone[:FRAME])
+    assert tone_at > at
+    last_pkt = stream.packet_at(at + len(body) - 1)
+    first_tone = stream.packet_at(tone_at)
+    gap_ms = (arrival_wall(first_tone) - arrival_wall(last_pkt)) * 1000 - 20
+    print(f"blind transfer: agent's last frame -> target's first: gap {gap_ms:.1f} ms")
+    assert gap_ms <= 200, gap_ms
+
+
+def test_unknown_target_is_an_error_and_the_call_goes_on(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {
+        "tool_name": "transfer_call",
+        "parameters": {"destination": "PJSIP/evil,1"},
+        "on_error": "Sorry, I cannot do that.",
+    }
+    sim = simulator(_scenario([call]))
+    ast, _ = _asterisk(convai_asterisk, sim, TOOLS)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        rec = _conversation(sim)
+        wait_until(lambda: bool(rec.tool_results), 15, "the tool result")
+        wait_until(lambda: len(rec.agent_responses) >= 2, 10, "the agent's reaction")
+        res = rec.tool_results[0]
+        assert res["is_error"] is True
+        assert res["result"] == (
+            "unknown transfer destination 'PJSIP/evil,1'; valid destinations: sales"
+        )
+        time.sleep(1.0)
+        assert not rec.done, "the conversation goes on"
+        assert not ami.of("ElevenLabsConvAITransferStarted")
+        tc = ami.wait("ElevenLabsConvAIToolCall")[0]
+        assert tc["Handler"] == "module" and tc["ToolName"] == "transfer_call", tc
+        ast.cli("channel request hangup all")
+    assert _result(ast)["status"] == "HANGUP"
+
+
+# --- warm ----------------------------------------------------------------------------------------
+
+
+def test_warm_transfer_answered_bridges_and_closes_1000(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "support"}}
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": "support: warm, Local/answer@targets, timeout=10",
+    }
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        rec = _conversation(sim)
+        answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+        wait_until(lambda: rec.done, 10, "the conversation closed")
+        bridged = ami.wait("BridgeEnter", count=2, timeout=10)
+        ast.wait_for_log(r"TARGET answered")
+        ast.cli("channel request hangup all")
+    t_call = sim_event_time(rec, "client_tool_call")[0]
+    lines = ast.log_text().splitlines()
+    ring_line = next(ln for ln in lines if "TARGET ringing" in ln)
+    ans_line = next(ln for ln in lines if "TARGET answered" in ln)
+    print(
+        f"warm transfer: tool call -> target ringing {log_time(ring_line) - t_call:.3f} s, "
+        f"-> answered {log_time(ans_line) - t_call:.3f} s (the target answers after 1 s), "
+        f"AMI Answered Seconds={answered['Seconds']}"
+    )
+    res = rec.tool_results[0]
+    assert res["is_error"] is False and res["result"].startswith("ringing: calling support"), res
+    assert rec.client_close_code == 1000, (rec.client_close_code, rec.client_close_reason)
+    started = ami.of("ElevenLabsConvAITransferStarted")[0]
+    assert started["Mode"] == "warm" and started["Target"] == "support"
+    chans = {e["Channel"] for e in bridged}
+    assert any(c.startswith("Local/100@test") for c in chans), chans
+    assert any(c.startswith("Local/answer@targets") for c in chans), chans
+    end = ami.of("ElevenLabsConvAIEnd")[0]
+    assert end["Status"] == "TRANSFER", end
+    assert log_time(ring_line) - t_call < 1.0
+
+
+def test_warm_transfer_not_answered_the_agent_goes_on(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "support"}}
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": "support: warm, Local/noanswer@targets, timeout=5",
+    }
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        rec = _conversation(sim)
+        failed = ami.wait("ElevenLabsConvAITransferFailed", timeout=20)[0]
+        wait_until(lambda: bool(rec.contextual_updates), 5, "the agent told")
+        t_call = sim_event_time(rec, "client_tool_call")[0]
+        t_update = sim_event_time(rec, "contextual_update", "in")[0]
+        time.sleep(1.0)
+        assert not rec.done, "the conversation goes on"
+        assert "Local/100@test" in ast.cli("elevenlabs show calls")
+        ast.cli("channel request hangup all")
+    print(f"warm transfer not answered: tool call -> agent told {t_update - t_call:.3f} s")
+    assert rec.tool_results[0]["result"].startswith("ringing")
+    assert failed["Reason"] == "no answer after 5 s", failed
+    assert rec.contextual_updates[0]["text"] == (
+        "The transfer to support did not go through: no answer after 5 s. "
+        "The caller is still on the line with you."
+    )
+    assert 5.0 <= t_update - t_call < 6.5
+    assert not [c for c in ast.channels() if "noanswer" in c]
+
+
+# --- DTMF, variables, hangup ----------------------------------------------------------------------
+
+
+def _dtmf_digits(rtp: RtpCall) -> list[tuple[str, float]]:
+    """(digit, arrival of its first packet) for each RFC 4733 event the UA received."""
+    names = "0123456789*#ABCD"
+    out: list[tuple[str, float]] = []
+    last_ts = None
+    for p in rtp.dtmf_events():
+        if p.timestamp != last_ts:
+            last_ts = p.timestamp
+            out.append((names[p.payload[0]], arrival_wall(p)))
+    return out
+
+
+def test_dtmf_out_reaches_the_sip_far_end(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    calls = [
+        {"tool_name": "press_keys", "parameters": {"digits": "12w#"}},
+        {"tool_name": "press_keys", "parameters": {"digits": "9;Dial(x)"}},
+    ]
+    sim = simulator(_scenario(calls, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, {"tool": "press_keys: dtmf"})
+    with RtpCall(ast.sip_port, "100", codec="PCMU") as rtp:
+        rec = _conversation(sim)
+        wait_until(lambda: len(_dtmf_digits(rtp)) >= 3, 15, "three DTMF digits at the UA")
+        time.sleep(0.5)
+        digits = _dtmf_digits(rtp)
+        out = ast.cli(f"elevenlabs show call {ast.channels()[0]}")
+        rtp.hangup()
+    assert "".join(d for d, _ in digits) == "12#", digits
+    assert [(r["is_error"], r["result"]) for r in rec.tool_results] == [
+        (False, "Sending DTMF 12w#."),
+        (True, "invalid DTMF characters '();Dailx': only 0-9, *, #, w and W are allowed"),
+    ]
+    gap_2_hash = digits[2][1] - digits[1][1]
+    assert 0.65 <= gap_2_hash < 1.2, gap_2_hash  # 100 ms tone, 100 ms gap, 500 ms w
+    assert "DTMF sent:        3 digit(s)" in out, out
+
+
+def test_set_variable_then_hangup_tool(simulator: SimMaker, convai_asterisk: AsteriskMaker) -> None:
+    calls = [
+        {"tool_name": "save", "parameters": {"account": "A-123", "reason": "late\r\nparcel"}},
+        {"tool_name": "save", "parameters": {"PATH": "/tmp"}},
+        {"tool_name": "bye", "say_before": "Thanks, goodbye.", "expects_response": False},
+    ]
+    tools = {"tool": ["save: set_variable, variables=account|reason", "bye: hangup"]}
+    sim = simulator(_scenario(calls))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    _local_call(ast)
+    result = _result(ast)
+    rec = sim.conversations[0]
+    assert result == {
+        "status": "COMPLETED",
+        "reason": "agent_ended_call",
+        "target": "",
+        "account": "A-123",
+        "reason_var": "late  parcel",
+    }
+    assert rec.tool_results[1]["is_error"] is True
+    assert rec.client_close_code == 1000
+
+
+# --- AMI -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="in a real call no result reaches the simulator after the first ami tool call (the "
+    "same path passes in tests/unit/test_tools.py); not yet diagnosed",
+)
+def test_ami_handler_answers_and_timeout(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    calls = [
+        {"tool_name": "crm_lookup", "tool_call_id": "call_answered", "parameters": {"q": "A1"}},
+        {"tool_name": "crm_lookup", "tool_call_id": "call_ignored", "parameters": {"q": "B2"}},
+    ]
+    sim = simulator(_scenario(calls, end_keyword=None, tool_result_timeout_s=10))
+    ast, _ = _asterisk(convai_asterisk, sim, {"tool": "crm_lookup: ami, timeout=2"})
+    with AmiEvents(ast) as ami, ast.ami(events=False) as handler:
+        _local_call(ast)
+        ev = ami.wait(
+            "ElevenLabsConvAIToolCall", lambda e: e.get("ToolCallID") == "call_answered", 20
+        )[0]
+        assert ev["Handler"] == "ami" and ev["Parameters"] == '{"q":"A1"}', ev
+        bad = handler.action(
+            "ElevenLabsConvAIToolResult", Channel="Local/nope", ToolCallID="x", Result="r"
+        )
+        assert bad["Response"] == "Error", bad
+        ok = handler.action(
+            "ElevenLabsConvAIToolResult",
+            Channel=ev["Channel"],
+            ToolCallID="call_answered",
+            Result='{"tier":"gold"}',
+            IsError="no",
+        )
+        assert ok["Response"] == "Success", ok
+        rec = _conversation(sim)
+        wait_until(lambda: len(rec.tool_results) >= 2, 15, "both results")
+        ast.cli("channel request hangup all")
+    by_id = {r["tool_call_id"]: r for r in rec.tool_results}
+    assert by_id["call_answered"]["result"] == '{"tier":"gold"}'
+    assert by_id["call_answered"]["is_error"] is False
+    assert by_id["call_ignored"]["error_type"] == "client_timeout"
+    assert by_id["call_ignored"]["result"] == "no answer from the crm_lookup handler within 2 s"
+    t = {e.detail.split()[0]: e.t for e in rec.events if e.type == "client_tool_result"}
+    t_calls = [e.t for e in rec.events if e.type == "client_tool_call"]
+    assert 1.9 <= t["call_ignored"] - t_calls[1] < 3.0
+
+
+def test_ami_injection_through_a_tool_call_adds_no_header(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """CR/LF in a tool name: the message is refused as malformed (no event at all); in the
+    parameters: escaped inside the one Parameters field. Either way no header is added and
+    nothing is originated."""
+    evil = "\r\nAction: Originate\r\nChannel: Local/evil@test\r\nApplication: Wait"
+    calls = [
+        {"tool_name": "x" + evil, "tool_call_id": "c_name", "expects_response": False},
+        {"tool_name": "transfer_call", "tool_call_id": "c_params", "parameters": {evil: evil}},
+    ]
+    sim = simulator(_scenario(calls, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, TOOLS)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        ev = ami.wait("ElevenLabsConvAIToolCall", timeout=20)[0]
+        rec = _conversation(sim)
+        wait_until(lambda: bool(rec.tool_results), 10, "the error result")
+        ast.cli("channel request hangup all")
+    print(ev)
+    assert len(ami.of("ElevenLabsConvAIToolCall")) == 1  # the first call never became one
+    assert ev["ToolCallID"] == "c_params", ev
+    assert "Action" not in ev and "Application" not in ev, ev
+    assert ev["Channel"].startswith("Local/100@test"), ev
+    assert ev["Parameters"].count("Action: Originate") == 2 and "\\r\\n" in ev["Parameters"]
+    assert not [c for c in ast.channels() if "evil" in c]
+    assert rec.tool_results[0]["is_error"] is True
+    assert any(
+        "skipping malformed server message: client_tool_call" in ln for ln in ast.log_lines()
+    )
+
+
+def test_system_transfer_to_number_warns_and_raises_an_event(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    calls = [
+        {"tool_name": "transfer_to_number", "system": True},
+        {"tool_name": "transfer_to_number", "system": True},
+    ]
+    sim = simulator(_scenario(calls, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, TOOLS)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        evs = ami.wait("ElevenLabsConvAISystemTool", count=2, timeout=20)
+        ast.cli("channel request hangup all")
+    assert [e["ToolName"] for e in evs] == ["transfer_to_number"] * 2
+    warnings = [ln for ln in ast.log_lines() if "WARNING" in ln and "transfer_to_number" in ln]
+    assert len(warnings) == 1, warnings
+    assert "(transfer_call) instead" in warnings[0]
+
+
+def test_tool_config_errors_name_file_line_section_key(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    sim = simulator()
+    bad = {
+        "tool": ["t1: teleport", "t2: ami, timeout=999", "t3: set_variable"],
+        "transfer_target": [
+            "x: blind, ctx,100",
+            "y: warm, PJSIP/a&PJSIP/b",
+            "z: blind, ctx,s,1, refer=http://x",
+        ],
+    }
+    ast, _ = _asterisk(convai_asterisk, sim, bad)
+    wait_until(lambda: "agent disabled" in ast.log_text() or "keeping" in ast.log_text(), 10, "")
+    text = ast.log_text()
+    for key, what in [
+        ("tool", "'teleport' is not an action"),
+        ("tool", "timeout '999' is not 1 to 120 seconds"),
+        ("tool", "set_variable needs variables="),
+        ("transfer_target", "blind needs context,extension,priority"),
+        ("transfer_target", "warm needs one dial string"),
+        ("transfer_target", "refer 'http://x' is not a sip: URI"),
+    ]:
+        assert re.search(rf"elevenlabs\.conf line \d+: \[sim\] {key}: .*{re.escape(what)}", text), (
+            key,
+            what,
+        )
