@@ -116,9 +116,13 @@ DEFAULT_MODULES = [
     "res_timing_timerfd",
     "res_clioriginate",
     # What Asterisk 20 requires for two of the above (app_mixmonitor: func_periodic_hook, which
-    # needs app_chanspy; app_stack: res_agi, which needs res_speech).
+    # requires app_chanspy, func_cut, func_groupcount and func_uri; app_stack: res_agi, which
+    # requires res_speech).
     "func_periodic_hook",
     "app_chanspy",
+    "func_cut",
+    "func_groupcount",
+    "func_uri",
     "res_agi",
     "res_speech",
 ]
