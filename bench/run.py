@@ -963,6 +963,12 @@ def holds(res: dict[str, Any]) -> bool:
 
 
 # --- output --------------------------------------------------------------------------------------
+def label(r: dict[str, Any]) -> str:
+    """playback, convai/ws, convai/wss, convai+stall/ws; -p when Asterisk ran realtime."""
+    name = r["run"] + (f"/{r['websocket']}" if r.get("websocket") else "")
+    return name + (" -p" if r.get("priority") == "realtime" else "")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     hdr = (
         f"{'run':<14}{'N':>4} {'ok':>4} {'load':>5} | {'rtp p50':>7} {'p99':>6} {'max':>6} "
@@ -982,7 +988,7 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         cmp_ = r.get("vs_playback", {})
         lines.append(
-            f"{r['run']:<14}{r['calls']:>4} {r['answered']:>4} {r['load_avg_1m'][0]:>5.2f} | "
+            f"{label(r):<14}{r['calls']:>4} {r['answered']:>4} {r['load_avg_1m'][0]:>5.2f} | "
             f"{f(r['playout_rtp_us']['p50'], 7)} {f(r['playout_rtp_us']['p99'], 6)} "
             f"{f(r['playout_rtp_us']['max'], 6)} {f(r['drift_ms_per_s']['max_abs'], 8, 4)} | "
             f"{f(r.get('playout_module_us', {}).get('p99'), 7)} "
@@ -1249,55 +1255,67 @@ def bench_one_asterisk(
     results: list[dict[str, Any]],
     extras: bool,
 ) -> None:
-    """Every N with one Asterisk at one priority: Playback, then the module per transport."""
-    ast: Asterisk | None = None
-    ami: AmiCollector | None = None
+    """Every N at one priority: Playback, then the module per transport. Each series has an
+    Asterisk of its own (booted together, idle when not measured), so what one series left in
+    the allocators is not reused by the next one at the same N: RSS per call is the series'
+    own, and `per_call_vs_boot` also counts from the series' first idle."""
+    series = [] if args.no_baseline else ["playback"]
+    series += [] if args.no_module else transports
+    ctxs: dict[str, dict[str, Any]] = {}
     try:
         pydir = PYDIR
         if args.profile_python:
             pydir = profiled_pydir(work, args.profile_python.resolve())
-        ast = start_asterisk(
-            work, ports, args.buffer_ms, max([*ns, args.stall_calls]), pydir,
-            ca=pki.ca.cert if pki else None, realtime=prio == "realtime",
-            subdir=f"asterisk-{prio}",
-        )  # fmt: skip
-        ami = AmiCollector(ast)
-        ami.start()
-        ctx: dict[str, Any] = {"args": args, "ast": ast, "ami": ami, "sim": sims[transports[0]],
-                               "work": work, "utterances": utterances, "quiet_budget": 240.0,
-                               "priority": prio, "transport": transports[0]}  # fmt: skip
-        ctx["py_tid"] = find_python_thread(ast)
-        if args.python_nice and ctx["py_tid"]:
-            # Experiment: what the module would get from lowering its Python thread's priority.
-            os.setpriority(os.PRIO_PROCESS, ctx["py_tid"], args.python_nice)
-        meta = {
-            "run": "meta",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "asterisk": ast.cli("core show version").strip(),
-            "priority": prio,
-            "scheduling": stats.sched_of(ast.pid or 0, ctx["py_tid"]),
-            "transports": transports,
-            "tls": {"ca": "private CA via SSL_CERT_FILE", "key": "EC P-256"} if pki else None,
-            "cpus": os.cpu_count(),
-            "load_avg": stats.load_avg(),
-            "python": sys.version.split()[0],
-            "module": str(MODULE),
-            "scenario": scenario,
-            "buffer_ms": args.buffer_ms,
-            "cps": args.cps,
-            "playback_hold_s": args.hold,
-            "python_thread_tid": ctx["py_tid"],
-            "python_thread_nice": args.python_nice,
-            "harness_nice": args.harness_nice,
-            "argv": sys.argv[1:],
-        }
-        with contextlib.suppress(subprocess.CalledProcessError, OSError):
-            meta["git"] = subprocess.run(
-                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-        emit(meta, results)
-        note(f"[{prio}] Asterisk pid {ast.pid}, Python thread {ctx['py_tid']}")
+        for name in series:
+            ast = start_asterisk(
+                work, ports, args.buffer_ms, max([*ns, args.stall_calls]), pydir,
+                ca=pki.ca.cert if pki else None, realtime=prio == "realtime",
+                subdir=f"asterisk-{prio}-{name}",
+            )  # fmt: skip
+            ami = AmiCollector(ast)
+            ami.start()
+            t = name if name in transports else transports[0]
+            ctx: dict[str, Any] = {"args": args, "ast": ast, "ami": ami, "sim": sims[t],
+                                   "work": work, "utterances": utterances, "quiet_budget": 240.0,
+                                   "priority": prio, "transport": t}  # fmt: skip
+            ctxs[name] = ctx
+            ctx["py_tid"] = find_python_thread(ast)
+            if args.python_nice and ctx["py_tid"]:
+                # Experiment: what the module would get from a lower priority Python thread.
+                os.setpriority(os.PRIO_PROCESS, ctx["py_tid"], args.python_nice)
+            time.sleep(1.0)
+            ctx["boot_rss_kb"] = stats.proc_rss_kb(ast.pid or 0)
+            meta = {
+                "run": "meta",
+                "series": name,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "asterisk": ast.cli("core show version").strip(),
+                "asterisk_pid": ast.pid,
+                "boot_rss_kb": ctx["boot_rss_kb"],
+                "priority": prio,
+                "scheduling": stats.sched_of(ast.pid or 0, ctx["py_tid"]),
+                "transports": transports,
+                "tls": {"ca": "private CA via SSL_CERT_FILE", "key": "EC P-256"} if pki else None,
+                "cpus": os.cpu_count(),
+                "load_avg": stats.load_avg(),
+                "python": sys.version.split()[0],
+                "module": str(MODULE),
+                "scenario": scenario,
+                "buffer_ms": args.buffer_ms,
+                "cps": args.cps,
+                "playback_hold_s": args.hold,
+                "python_thread_tid": ctx["py_tid"],
+                "python_thread_nice": args.python_nice,
+                "harness_nice": args.harness_nice,
+                "argv": sys.argv[1:],
+            }
+            with contextlib.suppress(subprocess.CalledProcessError, OSError):
+                meta["git"] = subprocess.run(
+                    ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                    capture_output=True, text=True, check=True,
+                ).stdout.strip()  # fmt: skip
+            emit(meta, results)
+            note(f"[{prio}/{name}] Asterisk pid {ast.pid}, Python thread {ctx['py_tid']}")
 
         def same(run: str, n: int, transport: str | None) -> dict[str, Any] | None:
             return next((r for r in results if r.get("run") == run and r["calls"] == n
@@ -1305,21 +1323,25 @@ def bench_one_asterisk(
                                                             or r.get("websocket") == transport)),
                         None)  # fmt: skip
 
+        def measured(ctx: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+            rss = res["rss_kb"]
+            rss["boot"] = ctx["boot_rss_kb"]
+            rss["per_call_vs_boot"] = round((rss["peak"] - ctx["boot_rss_kb"]) / res["calls"], 1)
+            return res
+
         limit_reached = None
         for n in ns:
             pb = None
-            if not args.no_baseline:
+            if "playback" in ctxs:
                 note(f"[{prio}] Playback() x {n} ...")
-                ctx["transport"], ctx["sim"] = transports[0], sims[transports[0]]
-                pb = run_clean(ctx, "playback", n)
+                pb = measured(ctxs["playback"], run_clean(ctxs["playback"], "playback", n))
                 emit(pb, results)
-            if args.no_module:
-                continue
             held = True
             for t in transports:
+                if t not in ctxs:
+                    continue
                 note(f"[{prio}] ElevenLabsConvAI x {n} over {t}:// ...")
-                ctx["transport"], ctx["sim"] = t, sims[t]
-                mod = run_clean(ctx, "convai", n)
+                mod = measured(ctxs[t], run_clean(ctxs[t], "convai", n))
                 mod["vs_playback"] = compare(mod, pb)
                 ref = next((r["call_s"]["p50"] for r in results if r.get("run") == "convai"
                             and r["calls"] <= 10 and r.get("websocket") == t), None)  # fmt: skip
@@ -1331,9 +1353,9 @@ def bench_one_asterisk(
                 note(f"[{prio}] the machine did not clearly hold {n} module calls")
                 if not args.keep_going:
                     break
-        ctx["transport"], ctx["sim"] = transports[0], sims[transports[0]]
+        ctx = ctxs.get(transports[0], {})
         st = None
-        if extras and args.stall_calls and not args.no_module:
+        if extras and args.stall_calls and ctx:
             n = args.stall_calls
             if limit_reached is not None and n >= limit_reached:
                 n = max(x for x in [1, *ns] if x < limit_reached)
@@ -1351,17 +1373,18 @@ def bench_one_asterisk(
                     "late_ticks": [st["late_ticks"], base["late_ticks"]],
                 }  # fmt: skip
             emit(st, results)
-        if extras and args.leak_repeats and args.leak_calls and not args.no_module:
+        if extras and args.leak_repeats and args.leak_calls and ctx:
             # After the largest N, so the allocators are at their high-water mark already.
             first = st if st is not None and st["calls"] == args.leak_calls else None
             emit(leak_check(ctx, first, args.leak_calls), results)
         emit({"run": "capacity", "priority": prio, **capacity_summary(results, prio)}, results)
         emit({"run": "limit", "priority": prio, "limit_not_held_at": limit_reached,
-              "asterisk_rss_kb_end": stats.proc_rss_kb(ast.pid or 0)}, results)  # fmt: skip
+              "asterisk_rss_kb_end": {k: stats.proc_rss_kb(c["ast"].pid or 0)
+                                      for k, c in ctxs.items()}}, results)  # fmt: skip
     finally:
-        if ami is not None:
-            ami.stop.set()
-        if ast is not None:
+        for ctx in ctxs.values():
+            ctx["ami"].stop.set()
+            ast = ctx["ast"]
             errors = ast.errors()
             if errors:
                 note(f"{len(errors)} ERROR line(s) in messages.log, e.g. {errors[:3]}")

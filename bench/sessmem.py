@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Memory of one ConvAI session, without Asterisk: N `convai.session.Session`s in this process
-against the simulator (its own process), over ws:// or wss://, measured with tracemalloc (the
-Python objects, by allocation site) and RSS (everything: also OpenSSL's and the C libraries').
+"""Memory and CPU of one ConvAI session, without Asterisk: N `convai.session.Session`s in this
+process against the simulator (its own process), over ws:// or wss://, measured with tracemalloc
+(the Python objects, by allocation site), RSS (everything: also OpenSSL's and the C libraries')
+and this process's CPU while every call is up.
 
     python3 bench/sessmem.py --calls 50 --transport wss [--uvloop] [--ssl-read-kb 256]
 
@@ -121,7 +122,9 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         await asyncio.sleep(1 / args.cps)
     while sum(s.started for s in sinks) < len(sinks) and time.monotonic() - t0 < 60:
         await asyncio.sleep(0.1)
+    c0, w0 = time.process_time(), time.monotonic()
     await asyncio.sleep(args.hold)
+    cpu_ms_per_call_s = (time.process_time() - c0) * 1000 / ((time.monotonic() - w0) * args.calls)
     gc.collect()
     rss1, (py1, _) = rss_kb(), tracemalloc.get_traced_memory()
     fds = stats.proc_fds(os.getpid())
@@ -147,6 +150,8 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         "started": sum(s.started for s in sinks),
         "audio_bytes": sum(s.audio for s in sinks),
         "rss_per_call_kb": round((rss1 - rss0) / n, 1),
+        # This process's CPU (the sessions' side only) while every call is up, per call-second.
+        "cpu_ms_per_call_s": round(cpu_ms_per_call_s, 3),
         "tracemalloc_per_call_kb": round((py1 - py0) / n / 1024, 1),
         "fds_per_call": round((fds - 3) / (n + 1), 2),
         "rss_after_minus_before_kb": rss_kb() - rss0,

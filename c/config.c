@@ -27,8 +27,6 @@
 #endif
 
 #define BUFFER_MS_DEFAULT 240
-#define BUFFER_MS_MIN 20
-#define BUFFER_MS_MAX 2000
 #define MAX_DURATION_DEFAULT 3600
 
 static AO2_GLOBAL_OBJ_STATIC(global_config);
@@ -435,7 +433,7 @@ static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const
 	} else if (!strcasecmp(v->name, "elevenlabs_send_caller_number")) {
 		return parse_bool(v, cat, &a->send_caller_number);
 	} else if (!strcasecmp(v->name, "elevenlabs_audio_frames_buffer_ms")) {
-		if (parse_int(v, cat, BUFFER_MS_MIN, BUFFER_MS_MAX, &a->buffer_ms)) {
+		if (parse_int(v, cat, CONVAI_BUFFER_MS_MIN, CONVAI_BUFFER_MS_MAX, &a->buffer_ms)) {
 			return -1;
 		}
 		if (a->buffer_ms % 20) {
@@ -491,8 +489,9 @@ static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const
 }
 
 /* The line of "[cat]" in file (relative to the config dir), or 0: Asterisk's config API does
- * not say where a section starts, and an error about a missing key should name it. */
-static int section_line(const char *file, const char *cat)
+ * not say where a section starts, and an error about a missing key should name it. With
+ * prefix, "[cat..." is enough (Asterisk cuts section names to 79 characters). */
+static int section_line(const char *file, const char *cat, int prefix)
 {
 	char path[PATH_MAX], buf[256];
 	size_t n = strlen(cat);
@@ -512,7 +511,7 @@ static int section_line(const char *file, const char *cat)
 			const char *p = ast_skip_blanks(buf);
 
 			lineno++;
-			found = *p == '[' && !strncasecmp(p + 1, cat, n) && p[1 + n] == ']';
+			found = *p == '[' && !strncasecmp(p + 1, cat, n) && (prefix || p[1 + n] == ']');
 		}
 		at_start = strchr(buf, '\n') != NULL;
 	}
@@ -551,8 +550,19 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 		return NULL;
 	}
 	if (strlen(cat) >= sizeof(a->name)) {
-		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.32s...]: the section name is longer than %zu "
-			"characters\n", CONFIG_FILE, cat, sizeof(a->name) - 1);
+		int line = section_line(CONFIG_FILE, cat, 1);
+		int cut = 32;
+
+		while (cut > 0 && ((unsigned char) cat[cut] & 0xC0) == 0x80) {
+			cut--;   /* not inside a UTF-8 character */
+		}
+		if (line) {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%.*s...]: the section name is longer "
+				"than %zu characters\n", CONFIG_FILE, line, cut, cat, sizeof(a->name) - 1);
+		} else {   /* in an #include'd file */
+			ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.*s...]: the section name is longer than %zu "
+				"characters\n", CONFIG_FILE, cut, cat, sizeof(a->name) - 1);
+		}
 		return NULL;
 	}
 	ast_copy_string(a->name, cat, sizeof(a->name));
@@ -565,7 +575,7 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	}
 	for (i = 0; i < ARRAY_LEN(required); i++) {
 		if (ast_strlen_zero(required[i].value)) {
-			int line = section_line(file, cat);
+			int line = section_line(file, cat, 0);
 
 			if (line) {
 				ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "

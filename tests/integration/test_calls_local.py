@@ -242,12 +242,11 @@ def test_caller_hangup_mid_utterance_closes_the_websocket_at_once(
     assert not ast.errors(), ast.errors()
 
 
-def test_server_close_plays_out_queued_audio_before_hanging_up(
-    simulator: SimMaker, convai_asterisk: AsteriskMaker
-) -> None:
-    """The agent sends its 5.6 s greeting 4x faster than real time and closes (1000) 2 s in:
-    every frame it sent is played before the call hangs up (COMPLETED/completed)."""
-    sim = simulator(Scenario(close_after_s=2.0))
+def _one_call_to_its_end(
+    sim: Simulator, convai_asterisk: AsteriskMaker
+) -> tuple[Asterisk, float, dict[str, str], re.Match[str], ConversationRecord]:
+    """One call to agent [sim]: (Asterisk, time of its one End event, its Stats event, the
+    dialplan's RESULT line, the simulator's record once it is done)."""
     ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, DIALPLAN)
     mark = ast.log_mark()
     with AmiEvents(ast) as ami:
@@ -257,11 +256,20 @@ def test_server_close_plays_out_queued_audio_before_hanging_up(
         ami.wait("ElevenLabsConvAIEnd", lambda e: e["Uniqueid"] == uid, timeout=30)
         timed_ends = ami.timed("ElevenLabsConvAIEnd")
         assert len(timed_ends) == 1, timed_ends
-        end_at = timed_ends[0][0]
         stats = ami.of("ElevenLabsConvAIStats", lambda e: e["Uniqueid"] == uid)[0]
     line = ast.wait_for_log(RESULT_RE, timeout=10, since=mark)
     rec = _conversation(sim)
     wait_until(lambda: rec.done, 5, "the simulator's end of the conversation")
+    return ast, timed_ends[0][0], stats, line, rec
+
+
+def test_server_close_plays_out_queued_audio_before_hanging_up(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """The agent sends its 5.6 s greeting 4x faster than real time and closes (1000) 2 s in:
+    every frame it sent is played before the call hangs up (COMPLETED/completed)."""
+    sim = simulator(Scenario(close_after_s=2.0))
+    ast, end_at, stats, line, rec = _one_call_to_its_end(sim, convai_asterisk)
     utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
     sent_frames = expected_frames(utts, FRAME)
     audio_s = sum(len(u.audio) for u in utts) / 8000
@@ -292,18 +300,7 @@ def test_tcp_reset_plays_out_the_received_audio_then_fails(
     connection is reset (no close frame) 2 s in. Every frame the module had received plays
     before the call ends FAILED/network_loss, as at a normal close (lifecycle.py, play-out)."""
     sim = simulator(Scenario(drop_tcp_after_s=2.0))
-    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, DIALPLAN)
-    mark = ast.log_mark()
-    with AmiEvents(ast) as ami:
-        _call(ast)
-        start = ami.wait("ElevenLabsConvAIStart", timeout=15)[0]
-        uid = start["Uniqueid"]
-        ami.wait("ElevenLabsConvAIEnd", lambda e: e["Uniqueid"] == uid, timeout=30)
-        end_at = ami.timed("ElevenLabsConvAIEnd")[0][0]
-        stats = ami.of("ElevenLabsConvAIStats", lambda e: e["Uniqueid"] == uid)[0]
-    line = ast.wait_for_log(RESULT_RE, timeout=10, since=mark)
-    rec = _conversation(sim)
-    wait_until(lambda: rec.done, 5, "the simulator's end of the conversation")
+    ast, end_at, stats, line, rec = _one_call_to_its_end(sim, convai_asterisk)
     drop_at = sim_event_time(rec, "tcp_drop", "sim")[0]
     first_audio = sent_utterances(sim, rec, FMT, CHUNK_MS)[0].first_sent
     received = stat(stats, "BytesDown")
@@ -594,6 +591,29 @@ def test_twenty_concurrent_calls_complete(
     assert whole >= n // 2
     assert all(rec.user_transcripts for rec in sim.conversations), "a caller was not heard"
     assert not ast.errors(), ast.errors()
+
+
+def test_core_stop_now_ends_live_calls_as_shutdown_with_1001(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """`core stop now` hangs up every channel: a live call ends FAILED/shutdown (not as a
+    caller's hangup) and the agent sees 1001 (going away), as docs/ARCHITECTURE.md says."""
+    sim = simulator(Scenario())  # a 5.6 s greeting
+    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, DIALPLAN)
+    mark = ast.log_mark()
+    with AmiEvents(ast) as ami:
+        _call(ast)
+        ami.wait("ElevenLabsConvAIStart", timeout=15)
+        rec = _conversation(sim)
+        wait_until(lambda: rec.sent_audio, 10, "greeting audio")
+    with contextlib.suppress(Exception):  # the CLI connection goes with Asterisk
+        ast.cli("core stop now", timeout=5)
+    assert ast.stop(timeout=10), "Asterisk had to be killed"
+    wait_until(lambda: rec.client_close_code is not None or rec.done, 5, "client close")
+    assert rec.client_close_code == 1001, (rec.client_close_code, rec.client_close_reason)
+    log = ast.log_text()[mark:]
+    assert re.search(r"failed: shutdown after", log), log[-3000:]
+    assert "ended: HANGUP (caller_hangup)" not in log
 
 
 def test_ulaw_agent_audio_is_bit_exact_over_local_channels(
