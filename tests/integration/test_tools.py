@@ -191,6 +191,34 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert gap_ms <= 200, gap_ms
 
 
+def test_blind_transfer_of_a_sip_caller_with_refer(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """A target with refer=: the PJSIP caller gets a SIP REFER to the configured URI (not to
+    anything the agent said), accepts it, and Asterisk hangs up its leg."""
+    call = {
+        "tool_name": "transfer_call",
+        "parameters": {"destination": "frontdesk"},
+        "expects_response": False,
+        "say_before": "Transferring you to the front desk.",
+    }
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": "frontdesk: blind, targets,sales,1, refer=sip:frontdesk@127.0.0.1:5999",
+    }
+    sim = simulator(_scenario([call]))
+    ast, _ = _asterisk(convai_asterisk, sim, tools, more_modules=["res_pjsip_refer"])
+    with AmiEvents(ast) as ami, RtpCall(ast.sip_port, "100", accept_refer=True) as rtp:
+        answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+        assert rtp.wait_bye(10), "Asterisk hangs up its leg after the REFER"
+    result = _result(ast)
+    assert rtp.refers and "sip:frontdesk@127.0.0.1:5999" in rtp.refers[0], rtp.refers
+    assert answered["Mode"] == "refer" and answered["Target"] == "frontdesk", answered
+    assert (result["status"], result["target"]) == ("TRANSFER", "frontdesk"), result
+    assert "TARGET sales" not in ast.log_text()  # the dialplan fallback was not needed
+    assert sim.conversations[0].client_close_code == 1000
+
+
 def test_unknown_target_is_an_error_and_the_call_goes_on(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
