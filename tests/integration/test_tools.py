@@ -72,6 +72,29 @@ exten => noanswer,1,Ringing()
  same => n,Verbose(1,TARGET ringing)
  same => n,Wait(60)
 exten => busy,1,Busy(5)
+
+; Outbound: the called party (what a trunk would reach) and the dialplan the originate enters.
+[callee]
+; A Local channel sends no frames while it waits, and AMD counts silence in frames: the
+; person's silence is played (silence/N), as a phone line would carry it.
+exten => human,1,Answer()
+ same => n,Playback(silence/1&hello&silence/3)
+ same => n,Wait(30)
+exten => machine,1,Answer()
+ same => n,Playback(demo-congrats)
+ same => n,Wait(30)
+exten => noanswer,1,Wait(30)
+exten => busy,1,Busy(5)
+
+[outbound]
+exten => s,1,AMD()
+ same => n,Verbose(1,AMD status=${AMDSTATUS} cause=${AMDCAUSE})
+ same => n,GotoIf($["${AMDSTATUS}" = "MACHINE"]?vm)
+ same => n,ElevenLabsConvAI(sim)
+ same => n,Hangup()
+ same => n(vm),Playback(${TONE})
+ same => n,Verbose(1,VOICEMAIL DROP played)
+ same => n,Hangup()
 """
 
 
@@ -508,3 +531,61 @@ def test_tool_config_errors_name_file_line_section_key(
             key,
             what,
         )
+
+
+# --- outbound ------------------------------------------------------------------------------------
+
+
+def test_outbound_originate_with_amd_human_machine_no_answer_busy(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """AMI Originate places the call; on answer AMD() decides: a person ("hello", then
+    silence) talks to the agent, which gets the called number as {{called_number}}; an
+    answering machine (a long greeting) gets the voicemail drop and no conversation. No answer
+    and busy fail the originate: the app never runs."""
+    sim = simulator(Scenario(end_keyword=None))
+    ast, _ = _asterisk(
+        convai_asterisk,
+        sim,
+        {"dynamic_variable": "called_number=${CALLED}"},
+        more_modules=["app_amd"],
+        configs={"amd.conf": "[general]\n"},  # app_amd's defaults (it refuses to load without)
+    )
+
+    def originate(ami_: Any, callee: str, number: str, timeout_ms: int = 10000) -> None:
+        r = ami_.action(
+            "Originate",
+            Channel=f"Local/{callee}@callee",
+            Context="outbound",
+            Exten="s",
+            Priority="1",
+            Variable=f"CALLED={number}",
+            Timeout=str(timeout_ms),
+            Async="true",
+        )
+        assert r["Response"] == "Success", r
+
+    with AmiEvents(ast) as ami, ast.ami(events=False) as client:
+        originate(client, "human", "15551230199")
+        m = ast.wait_for_log(r"app_verbose\.c: AMD status=(\S+) cause=(\S*)", timeout=20)
+        assert m.group(1) == "HUMAN", m.group(0)
+        rec = _conversation(sim)
+        wait_until(lambda: bool(rec.sent_audio), 10, "the agent's greeting")
+        ast.cli("channel request hangup all")
+        mark = ast.log_mark()
+        originate(client, "machine", "15551230200")
+        m = ast.wait_for_log(
+            r"app_verbose\.c: AMD status=(\S+) cause=(\S*)", since=mark, timeout=20
+        )
+        assert m.group(1) == "MACHINE", m.group(0)
+        ast.wait_for_log(r"VOICEMAIL DROP played", since=mark, timeout=10)
+        originate(client, "noanswer", "15551230201", timeout_ms=2000)
+        originate(client, "busy", "15551230202")
+        responses = ami.wait("OriginateResponse", count=4, timeout=20)
+    init = rec.init or {}
+    assert init.get("dynamic_variables", {}).get("called_number") == "15551230199", init
+    assert len(sim.conversations) == 1, "only the person talked to the agent"
+    by_channel = {r["Channel"].split(";")[0].split("-")[0]: r for r in responses}
+    assert by_channel["Local/noanswer@callee"]["Response"] == "Failure", by_channel
+    assert by_channel["Local/busy@callee"]["Response"] == "Failure", by_channel
+    print({k: (v["Response"], v.get("Reason")) for k, v in by_channel.items()})
