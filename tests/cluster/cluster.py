@@ -502,11 +502,15 @@ class Cluster:
 
     # --- what the nodes saw -----------------------------------------------------------------
 
-    def node_calls(self, node: Node, what: str = "end") -> dict[str, dict[str, str]]:
-        """The dialplan's ``CALL start|end`` lines of a node, by Call-ID."""
+    def node_calls(
+        self, node: Node, what: str = "end", this_run: bool = False
+    ) -> dict[str, dict[str, str]]:
+        """The dialplan's ``CALL start|end`` lines of a node, by Call-ID (``this_run``: of its
+        current Asterisk process only)."""
         rx = re.compile(rf"app_verbose\.c: CALL {what} node=(\S+) callid=(\S+)(.*)$")
         found: dict[str, dict[str, str]] = {}
-        for line in node.log_text().splitlines():
+        text = node.ast.log_text() if this_run else node.log_text()
+        for line in text.splitlines():
             m = rx.search(line)
             if m:
                 fields = dict(kv.split("=", 1) for kv in m.group(3).split() if "=" in kv)
@@ -514,8 +518,11 @@ class Cluster:
         return found
 
     def live_calls(self, node: Node) -> set[str]:
-        """Call-IDs the node has started and not ended (from its dialplan's log lines)."""
-        return set(self.node_calls(node, "start")) - set(self.node_calls(node, "end"))
+        """Call-IDs the node's Asterisk has started and not ended (from its dialplan's log
+        lines; calls a killed process held are not live in the next one)."""
+        return set(self.node_calls(node, "start", this_run=True)) - set(
+            self.node_calls(node, "end", this_run=True)
+        )
 
     def node_of(self, uri: str) -> Node:
         return next(n for n in self.nodes if n.uri == uri)
