@@ -39,6 +39,7 @@
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
+#define INBOX_SLOTS 16            /* tool results from AMI waiting for the call's thread */
 #define DTMF_TONE_TICKS 5        /* 100 ms per digit the agent sends */
 #define DTMF_GAP_TICKS 5         /* 100 ms between digits */
 
@@ -83,37 +84,30 @@ void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x)
 
 int convai_call_post(struct convai_call *c, uint32_t type, const char *text)
 {
-	size_t len = strlen(text);
-	struct convai_inbox_item *item = ast_malloc(sizeof(*item) + len + 1);
+	int res;
 
-	if (!item) {
-		return -1;
-	}
-	item->type = type;
-	memcpy(item->text, text, len + 1);
+	/* Any number of AMI threads: the lock makes them one producer of the inbox ring. */
 	ast_mutex_lock(&c->inbox_lock);
-	AST_LIST_INSERT_TAIL(&c->inbox, item, next);
+	res = convai_ring_push(c->inbox, type, text, strlen(text));
 	ast_mutex_unlock(&c->inbox_lock);
-	eventfd_write(c->wake_efd, 1);
-	return 0;
+	if (!res) {
+		eventfd_write(c->wake_efd, 1);
+	}
+	return res ? -1 : 0;
 }
 
 /* Another thread has news: tool results from AMI for Python, the transfer dialler's state. */
 static void call_on_wake(struct convai_call *c)
 {
-	struct convai_inbox_item *item;
+	char text[CONVAI_CMD_BYTES + 1];
 	eventfd_t ignored;
+	uint32_t type;
+	int len;
 
 	eventfd_read(c->wake_efd, &ignored);
-	for (;;) {
-		ast_mutex_lock(&c->inbox_lock);
-		item = AST_LIST_REMOVE_HEAD(&c->inbox, next);
-		ast_mutex_unlock(&c->inbox_lock);
-		if (!item) {
-			break;
-		}
-		call_notify_python(c, item->type, item->text);
-		ast_free(item);
+	while ((len = convai_ring_pop(c->inbox, &type, text, CONVAI_CMD_BYTES)) >= 0) {
+		text[len] = '\0';
+		call_notify_python(c, type, text);
 	}
 	if (convai_transfer_poll(c)) {
 		call_set_end(c, CALL_TRANSFER, "transfer");
@@ -721,7 +715,11 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 	}
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	c->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->tfd < 0 || c->wake_efd < 0) {
+	c->inbox = ast_calloc(1, convai_ring_size(INBOX_SLOTS, CONVAI_CMD_BYTES));
+	if (c->inbox) {
+		convai_ring_init(c->inbox, INBOX_SLOTS, CONVAI_CMD_BYTES);
+	}
+	if (c->tfd < 0 || c->wake_efd < 0 || !c->inbox) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot create a timer: %s\n",
 			ast_channel_name(chan), agent->name, strerror(errno));
 		convai_session_release(c->sess);
@@ -732,11 +730,11 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 		if (c->wake_efd >= 0) {
 			close(c->wake_efd);
 		}
+		ast_free(c->inbox);
 		ast_free(c);
 		return NULL;
 	}
 	ast_mutex_init(&c->inbox_lock);
-	AST_LIST_HEAD_INIT_NOLOCK(&c->inbox);
 	c->chan = chan;
 	c->agent = ao2_bump(agent);
 	c->start = ast_tvnow();
@@ -745,14 +743,10 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 
 void convai_call_destroy(struct convai_call *c)
 {
-	struct convai_inbox_item *item;
-
 	if (convai_session_withdraw(c->sess)) {
 		convai_session_release(c->sess);   /* Python's reference: it never took the session */
 	}
-	while ((item = AST_LIST_REMOVE_HEAD(&c->inbox, next))) {
-		ast_free(item);
-	}
+	ast_free(c->inbox);
 	ast_mutex_destroy(&c->inbox_lock);
 	convai_session_release(c->sess);
 	close(c->tfd);

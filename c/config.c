@@ -491,8 +491,9 @@ static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const
 }
 
 /* The line of "[cat]" in file (relative to the config dir), or 0: Asterisk's config API does
- * not say where a section starts, and an error about a missing key should name it. */
-static int section_line(const char *file, const char *cat)
+ * not say where a section starts, and an error about a missing key should name it. With
+ * prefix, "[cat..." is enough (Asterisk cuts section names to 79 characters). */
+static int section_line(const char *file, const char *cat, int prefix)
 {
 	char path[PATH_MAX], buf[256];
 	size_t n = strlen(cat);
@@ -512,7 +513,7 @@ static int section_line(const char *file, const char *cat)
 			const char *p = ast_skip_blanks(buf);
 
 			lineno++;
-			found = *p == '[' && !strncasecmp(p + 1, cat, n) && p[1 + n] == ']';
+			found = *p == '[' && !strncasecmp(p + 1, cat, n) && (prefix || p[1 + n] == ']');
 		}
 		at_start = strchr(buf, '\n') != NULL;
 	}
@@ -551,8 +552,19 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 		return NULL;
 	}
 	if (strlen(cat) >= sizeof(a->name)) {
-		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.32s...]: the section name is longer than %zu "
-			"characters\n", CONFIG_FILE, cat, sizeof(a->name) - 1);
+		int line = section_line(CONFIG_FILE, cat, 1);
+		int cut = 32;
+
+		while (cut > 0 && ((unsigned char) cat[cut] & 0xC0) == 0x80) {
+			cut--;   /* not inside a UTF-8 character */
+		}
+		if (line) {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%.*s...]: the section name is longer "
+				"than %zu characters\n", CONFIG_FILE, line, cut, cat, sizeof(a->name) - 1);
+		} else {   /* in an #include'd file */
+			ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.*s...]: the section name is longer than %zu "
+				"characters\n", CONFIG_FILE, cut, cat, sizeof(a->name) - 1);
+		}
 		return NULL;
 	}
 	ast_copy_string(a->name, cat, sizeof(a->name));
@@ -565,7 +577,7 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	}
 	for (i = 0; i < ARRAY_LEN(required); i++) {
 		if (ast_strlen_zero(required[i].value)) {
-			int line = section_line(file, cat);
+			int line = section_line(file, cat, 0);
 
 			if (line) {
 				ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "

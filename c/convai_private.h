@@ -38,7 +38,6 @@ struct ast_format;
 struct ast_variable;
 struct convai_transfer;
 struct convai_agent;
-struct convai_inbox_item;
 
 /* --- config.c ------------------------------------------------------------------------------ */
 
@@ -204,8 +203,8 @@ struct convai_call {
 	uint32_t last_write_us;
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
 	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop */
-	ast_mutex_t inbox_lock;
-	AST_LIST_HEAD_NOLOCK(, convai_inbox_item) inbox;   /* tool results from AMI */
+	ast_mutex_t inbox_lock;     /* serialises the AMI threads that push into inbox */
+	struct convai_ring *inbox;  /* tool results from AMI, for Python, via this thread */
 	struct convai_transfer *xfer;   /* the transfer under way (transfer.c), or NULL */
 	int transfer_res;           /* the app's return value after a transfer */
 	char dtmf_out[72];          /* digits the agent is sending, and where we are in them */
@@ -238,13 +237,6 @@ int convai_fail_early(struct ast_channel *chan, const char *agent, const char *r
 
 /*! \brief Call \a cb for each live call under the list's read lock until it returns nonzero. */
 int convai_calls_foreach(int (*cb)(struct convai_call *c, void *arg), void *arg);
-
-/*! \brief A message for Python handed to the call's thread by another thread. */
-struct convai_inbox_item {
-	uint32_t type;
-	AST_LIST_ENTRY(convai_inbox_item) next;
-	char text[];
-};
 
 /*!
  * \brief Queue a command for Python from any thread (the AMI action): the call's own thread

@@ -10,10 +10,12 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 build=${CONVAI_BUILD_DIR:-/var/tmp/convai-build}
 stage=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage}
 
+# CONVAI_SANITIZE=1: the ASan+UBSan build (meson -Dsanitize=true; scripts/sanitize.sh uses it).
+sanitize=-Dsanitize=$([ "${CONVAI_SANITIZE:-0}" = 1 ] && echo true || echo false)
 if [ -f "$build/build.ninja" ]; then
-  meson setup --reconfigure "$build" "$src" >/dev/null
+  meson setup --reconfigure "$build" "$src" "$sanitize" >/dev/null
 else
-  meson setup "$build" "$src" --prefix=/usr --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
+  meson setup "$build" "$src" --prefix=/usr --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)" "$sanitize"
 fi
 ninja -C "$build"
 rm -rf "$stage"

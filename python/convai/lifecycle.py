@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from .protocol import EndReason, ErrorEvent, end_reason
+from .protocol import EndReason, ErrorEvent, end_reason, printable
 
 __all__ = ["LIVE", "Ending", "Lifecycle", "Outcome", "Phase", "Status", "close_outcome"]
 
@@ -119,7 +119,13 @@ class Lifecycle:
         return self.phase in LIVE
 
     def to(self, phase: Phase) -> None:
-        """Move to ``phase``; a move the machine does not have is a bug of ours."""
+        """Move to ``phase``; a move the machine does not have is a bug of ours. CLOSING is
+        entered only by :meth:`end`, so there is never a CLOSING without a decision."""
+        if phase is Phase.CLOSING:
+            raise RuntimeError("CLOSING is entered with end(), which says why")
+        self._move(phase)
+
+    def _move(self, phase: Phase) -> None:
         if phase not in _NEXT[self.phase]:
             raise RuntimeError(f"no move from {self.phase.name} to {phase.name}")
         self.phase = phase
@@ -134,7 +140,7 @@ class Lifecycle:
         if self.ending is not None or not self.live:
             return False
         self.ending = Ending(reason, detail, close)
-        self.to(Phase.CLOSING)
+        self._move(Phase.CLOSING)
         return True
 
     def outcome(self) -> Outcome:
@@ -167,7 +173,7 @@ def close_outcome(
     the cause (1009: a message over the size limit).
     """
     if sent is not None and we_closed_first:
-        code, why = sent
+        code, why = sent[0], printable(sent[1])
         if code == 1009:
             limit = max_message_bytes
             return EndReason.MESSAGE_TOO_BIG, (
@@ -182,9 +188,9 @@ def close_outcome(
         detail = f"{error.error_type or 'error'}: {error.message or ''}".rstrip(": ")
     elif reason is EndReason.AGENT_ENDED_CALL:
         detail = "the agent ended the call"
-    elif rcvd is not None:
+    elif rcvd is not None:  # the close reason is the server's text: printable
         detail = f"server closed the connection with {rcvd[0]}" + (
-            f" ({rcvd[1]})" if rcvd[1] else ""
+            f" ({printable(rcvd[1])})" if rcvd[1] else ""
         )
     else:
         detail = "connection lost without a close frame"

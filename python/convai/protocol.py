@@ -73,6 +73,7 @@ __all__ = [
     "format_interruption",
     "format_vad",
     "frame_bytes",
+    "printable",
 ]
 
 # Dynamic variables with this prefix are the server's own (system__caller_id, ...);
@@ -522,8 +523,23 @@ def _excerpt(data: object, chars: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= chars else text[:chars] + "…"
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """Server text made safe for one log line or result detail: control characters (CR, LF,
+    tab, NUL...) escaped, at most ``limit`` characters."""
+    return _excerpt(text, limit)
+
+
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON that is always valid UTF-8: a lone surrogate (JSON lets a server send
+    "\\ud800", and a tool may echo it back) is written as an escape instead of breaking the
+    WebSocket send."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -756,9 +772,9 @@ class ClientProtocol:
         if not isinstance(p, dict):
             p = {}
 
-        def s(key: str) -> str | None:
+        def s(key: str) -> str | None:  # logged and put in the call's result: printable
             v = p.get(key)
-            return v if isinstance(v, str) else None
+            return printable(v) if isinstance(v, str) else None
 
         code = p.get("code")
         ev = ErrorEvent(

@@ -97,6 +97,11 @@ CLOSE_TIMEOUT: Final = 2.0  # hangup must be prompt even if the server never ans
 PRESTART_MS: Final = 1000  # caller audio kept while waiting for the metadata
 PRESTART_MAX_BYTES: Final = 96_000  # 1 s of the widest format, before we know the real one
 UP_BACKLOG_MS: Final = 2000  # caller audio queued for a stalled socket before dropping
+# A hostile or broken server cannot grow our memory with pings or tool calls: pongs waiting
+# for a stalled socket keep the newest few, and tool calls beyond this many at once are
+# answered with an error at once instead of run.
+MAX_QUEUED_PONGS: Final = 16
+MAX_TOOL_CALLS: Final = 16
 # elevenlabs_audio_frames_buffer_ms bounds: C validates the configuration against the same
 # numbers (CONVAI_BUFFER_MS_MIN/MAX); here they only guard other callers of Session.
 BUFFER_MS_MIN: Final = 20
@@ -239,6 +244,8 @@ class Session:
         self._life = Lifecycle()  # the phase and the end: see lifecycle.py
         self._ended = asyncio.Event()  # set on entering CLOSING: wakes _until_ended()
         self._ctl: collections.deque[str] = collections.deque()
+        self._pongs: collections.deque[str] = collections.deque(maxlen=MAX_QUEUED_PONGS)
+        self._tool_calls = 0  # running now
         self._up: collections.deque[tuple[str, int]] = collections.deque()
         self._wake = asyncio.Event()
         self._prestart = bytearray()
@@ -546,9 +553,9 @@ class Session:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._ctl or self._up:
-                    if self._ctl:
-                        await ws.send(self._ctl.popleft())
+                while self._ctl or self._pongs or self._up:
+                    if self._ctl or self._pongs:
+                        await ws.send((self._ctl or self._pongs).popleft())
                     else:
                         text, n = self._up.popleft()
                         await ws.send(text)
@@ -603,7 +610,7 @@ class Session:
                 self.log.exception("%s: error handling %s", self._tag, type(event).__name__)
         pongs = self._proto.data_to_send()
         if pongs:
-            self._ctl.extend(pongs)
+            self._pongs.extend(pongs)
             self._wake.set()
 
     def _dispatch(self, ev: Event) -> None:
@@ -629,7 +636,7 @@ class Session:
         elif isinstance(ev, ConversationInitiationMetadata):
             self._on_metadata(ev)
         elif isinstance(ev, ClientToolCall):
-            self._spawn(self._run_tool(ev))
+            self._start_tool(ev)
         elif isinstance(ev, ErrorEvent):
             self.log.warning(
                 "%s: agent error %s (code %s): %s",
@@ -712,12 +719,31 @@ class Session:
         self.log.debug("%s: interruption, event_id=%d", self._tag, ev.event_id)
         self._callback(self.handler.on_interruption, ev.event_id)
 
+    def _start_tool(self, call: ClientToolCall) -> None:
+        if self._tool_calls >= MAX_TOOL_CALLS:
+            self.log.warning(
+                "%s: %d client tool calls already running; refusing %r",
+                *(self._tag, self._tool_calls, call.tool_name),
+            )
+            if call.expects_response:
+                text = f"Too many client tool calls at once ({MAX_TOOL_CALLS}); try again"
+                self._send_ctl(ClientProtocol.tool_result(call.tool_call_id, text, True))
+            return
+        self._tool_calls += 1
+        self._spawn(self._run_tool(call))
+
     async def _run_tool(self, call: ClientToolCall) -> None:
         """The tool path: a ``client_tool_call`` (its name and id already checked against
         ``protocol.ID_PATTERN``) runs its registered handler in its own task; the result goes
         back unless the agent said it expects none; then ``outcome.after`` runs (a transfer
         or the hangup tool ends the conversation there, through :meth:`end`, which is
         ``_end`` like every other end). A phase such as TRANSFERRING would be entered here."""
+        try:
+            await self._tool(call)
+        finally:
+            self._tool_calls -= 1
+
+    async def _tool(self, call: ClientToolCall) -> None:
         if self.tools is None or call.tool_name not in self.tools:
             self.log.warning(
                 "%s: the agent called client tool %r, which is not registered",

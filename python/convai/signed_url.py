@@ -75,13 +75,7 @@ async def fetch(
 ) -> SignedUrl:
     """The signed URL, or :class:`SignedUrlFailed`. Never raises anything else but
     ``CancelledError``."""
-    where = f"agent [{cfg.name}]"
-    if not cfg.api_key:
-        raise SignedUrlFailed(f"{where}: elevenlabs_api_key is not set")
-    if not cfg.signed_url_endpoint or not cfg.agent_id:
-        raise SignedUrlFailed(
-            f"{where}: elevenlabs_get_signed_url_endpoint and elevenlabs_agent_id are required"
-        )
+    where = _require(cfg)
     attempts = max(0, cfg.http_retries) + 1
     problem = ""
     for attempt in range(attempts):
@@ -114,6 +108,18 @@ async def fetch(
         f"{where}: signed URL request to {redact_url(cfg.signed_url_endpoint)} failed"
         f" after {attempts} attempt(s): {problem}"
     )
+
+
+def _require(cfg: AgentConfig) -> str:
+    """What the request needs from the agent section; returns "agent [name]" for messages."""
+    where = f"agent [{cfg.name}]"
+    if not cfg.api_key:
+        raise SignedUrlFailed(f"{where}: elevenlabs_api_key is not set")
+    if not cfg.signed_url_endpoint or not cfg.agent_id:
+        raise SignedUrlFailed(
+            f"{where}: elevenlabs_get_signed_url_endpoint and elevenlabs_agent_id are required"
+        )
+    return where
 
 
 async def _get(

@@ -458,6 +458,14 @@ class Cluster:
 
     # --- calls ------------------------------------------------------------------------------
 
+    def caller_scenario(self, path: Path, duration_ms: int) -> Path:
+        """The sipp scenario of a caller that says hello-world and hangs up after
+        ``duration_ms``; ACK and BYE follow the recorded route (through Kamailio)."""
+        assert self.caller_audio is not None
+        stream = f'<exec rtp_stream="{self.caller_audio},1,0"/>'
+        path.write_text(_UAC.replace("{stream}", stream).replace("{duration_ms}", str(duration_ms)))
+        return path
+
     def calls(
         self,
         count: int,
@@ -471,11 +479,7 @@ class Cluster:
         assert self.kamailio is not None and self.caller_audio is not None
         workdir = self.base / f"sipp-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
-        stream = f'<exec rtp_stream="{self.caller_audio},1,0"/>'
-        scenario = workdir / "caller.xml"
-        scenario.write_text(
-            _UAC.replace("{stream}", stream).replace("{duration_ms}", str(duration_ms))
-        )
+        scenario = self.caller_scenario(workdir / "caller.xml", duration_ms)
         cmd = [
             SIPP, f"{self.kamailio.ip}:{self.kamailio.port}",
             "-sf", str(scenario), "-s", EXTEN,
@@ -498,11 +502,15 @@ class Cluster:
 
     # --- what the nodes saw -----------------------------------------------------------------
 
-    def node_calls(self, node: Node, what: str = "end") -> dict[str, dict[str, str]]:
-        """The dialplan's ``CALL start|end`` lines of a node, by Call-ID."""
+    def node_calls(
+        self, node: Node, what: str = "end", this_run: bool = False
+    ) -> dict[str, dict[str, str]]:
+        """The dialplan's ``CALL start|end`` lines of a node, by Call-ID (``this_run``: of its
+        current Asterisk process only)."""
         rx = re.compile(rf"app_verbose\.c: CALL {what} node=(\S+) callid=(\S+)(.*)$")
         found: dict[str, dict[str, str]] = {}
-        for line in node.log_text().splitlines():
+        text = node.ast.log_text() if this_run else node.log_text()
+        for line in text.splitlines():
             m = rx.search(line)
             if m:
                 fields = dict(kv.split("=", 1) for kv in m.group(3).split() if "=" in kv)
@@ -510,8 +518,11 @@ class Cluster:
         return found
 
     def live_calls(self, node: Node) -> set[str]:
-        """Call-IDs the node has started and not ended (from its dialplan's log lines)."""
-        return set(self.node_calls(node, "start")) - set(self.node_calls(node, "end"))
+        """Call-IDs the node's Asterisk has started and not ended (from its dialplan's log
+        lines; calls a killed process held are not live in the next one)."""
+        return set(self.node_calls(node, "start", this_run=True)) - set(
+            self.node_calls(node, "end", this_run=True)
+        )
 
     def node_of(self, uri: str) -> Node:
         return next(n for n in self.nodes if n.uri == uri)
@@ -577,8 +588,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in c.nodes:
             print(f"{n.name:10} {n.uri}  (asterisk -C {n.ast.conf} -r)")
         print(f"simulator  {c.sim.signed_url_endpoint}")
-        print(f"call: sipp {c.kamailio.ip}:{c.kamailio.port} -sn uac -s {EXTEN} -i {CALLER_IP}")
-        print("Ctrl-C tears it down")
+        caller = c.caller_scenario(Path(args.dir) / "caller.xml", 10000)
+        print(
+            f"calls:     sipp {k.ip}:{k.port} -sf {caller} -s {EXTEN} -i {CALLER_IP}"
+            f" -mi {CALLER_IP} -m 10 -r 2 -trace_logs"
+        )
+        print("Ctrl-C tears it down", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return 0

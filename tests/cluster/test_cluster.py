@@ -20,7 +20,7 @@ from typing import Any
 from asterisk import AsteriskError
 from calls_util import AmiEvents
 
-from cluster import PROXY_IP, Cluster, Node, SippRun, wait_until
+from cluster import PROXY_IP, Cluster, Kamailio, Node, SippRun, wait_until
 
 
 def _completed_on_nodes(farm: Cluster, run: SippRun, nodes: list[Node]) -> dict[str, str]:
@@ -94,7 +94,11 @@ def test_calls_spread_over_all_nodes_and_all_complete(
         for n in farm.nodes:
             wait_until(lambda n=n: not farm.live_calls(n), 10, f"{n.name} calls ended")
         ends = {
-            name: ami.wait("ElevenLabsConvAIEnd", count=len(farm.node_calls(n)), timeout=10)
+            name: ami.wait(
+                "ElevenLabsConvAIEnd",
+                count=len(set(farm.node_calls(n)) & set(run.answered)),
+                timeout=10,
+            )
             for (name, ami), n in zip(amis.items(), farm.nodes, strict=True)
         }
     finally:
@@ -347,6 +351,47 @@ def test_drain_a_node_for_maintenance(farm: Cluster, results: dict[str, Any]) ->
     results["drain_calls_finished_on_node"] = len(held)
     results["drain_dispatcher_flags"] = drained_flags
     results["drain_node_stopped_after_s"] = round(t_stopped - t_drain, 2)
+
+
+def test_a_full_farm_refuses_calls_with_503(farm: Cluster, results: dict[str, Any]) -> None:
+    """Every node at its `maxload` (2 here, 200 in deploy/kamailio/dispatcher.list): Kamailio
+    refuses the next call at once with a 503, rather than overloading a node; the calls it
+    took all complete."""
+    k = farm.kamailio
+    assert k is not None
+    _reload_list(k, maxload=2)
+    try:
+        since = time.time()
+        run = farm.calls(9, rate=20, duration_ms=4000, name="full").wait()
+        refused = {m.group(1) for _, m in k.matching(r"no node available for (\S+)$", since)}
+        assert len(run.answered) == 6 and len(run.completed) == 6, run.output[-2000:]
+        assert len(refused) == 3 and not refused & set(run.answered), refused
+        assert run.stat("Failed call") == 3
+        where = _completed_on_nodes(farm, run, farm.nodes)
+        per_node = {n.name: sum(1 for v in where.values() if v == n.name) for n in farm.nodes}
+        assert set(per_node.values()) == {2}, per_node
+    finally:
+        _reload_list(k, maxload=200)
+    results["full_farm_refused_503"] = len(refused)
+
+
+def _reload_list(k: Kamailio, maxload: int) -> None:
+    """Rewrite dispatcher.list with ``maxload`` and ``kamcmd dispatcher.reload`` it (the
+    module takes one reload per 5 s and refuses the others: retry until it shows)."""
+    k.maxload = maxload
+    k.write_list()
+
+    def reloaded() -> bool:
+        with contextlib.suppress(RuntimeError):
+            k.rpc("dispatcher.reload")
+        if k.rpc("dispatcher.list").count(f"MAXLOAD: {maxload}") == len(k.nodes):
+            return True
+        time.sleep(0.5)
+        return False
+
+    wait_until(reloaded, 15, f"maxload {maxload} in the dispatcher")
+    for n in k.nodes:
+        k.wait_state(n.uri, active=True, timeout=15)
 
 
 def wait_until_value(predicate: Any, timeout: float, what: str) -> Any:

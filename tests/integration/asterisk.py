@@ -206,6 +206,26 @@ def free_port_range(
     raise RuntimeError("no free port range")
 
 
+def sanitizer_env() -> dict[str, str]:
+    """The environment of an Asterisk that loads a sanitizer build of a module
+    (scripts/sanitize.sh): ``CONVAI_ASAN_RUNTIME`` is preloaded (ASan must come first) and the
+    reports go to files under ``CONVAI_SANITIZER_LOGS``, which the script checks afterwards.
+    Only the daemon gets this, not the ``asterisk -rx`` clients."""
+    runtime = os.environ.get("CONVAI_ASAN_RUNTIME")
+    logs = os.environ.get("CONVAI_SANITIZER_LOGS")
+    if not runtime or not logs:
+        return {}
+    return {
+        "LD_PRELOAD": runtime,
+        # Leaks are valgrind's job (scripts/memcheck.sh): at exit LSan would list CPython's and
+        # Asterisk's deliberate never-freed globals, and no suppression can tell ours apart
+        # (every stack of ours has Asterisk frames).
+        "ASAN_OPTIONS": f"detect_leaks=0:halt_on_error=1:log_path={logs}/asan:"
+        "detect_stack_use_after_return=0:handle_abort=1",
+        "UBSAN_OPTIONS": f"print_stacktrace=1:halt_on_error=0:log_path={logs}/ubsan",
+    }
+
+
 class AsteriskError(RuntimeError):
     pass
 
@@ -270,6 +290,7 @@ class Asterisk:
         env: Mapping[str, str] | None = None,
         options: str = "",
         bind_ip: str = "127.0.0.1",
+        wrapper: Iterable[str] = (),
     ) -> None:
         """
         base_dir: an empty (or absent) directory the instance owns.
@@ -287,6 +308,7 @@ class Asterisk:
         bind_ip: the loopback address the instance is a host of: its SIP transport (and so its
             RTP: chan_pjsip binds RTP to the transport's address) and AMI bind there, and its
             ports are chosen free on it (tests/cluster runs several nodes on 127.0.0.x).
+        wrapper: a command the daemon runs under (scripts/memcheck.sh: valgrind ...).
         """
         self.base = Path(base_dir).resolve()
         self.name = f"ast{next(self._counter)}"
@@ -302,6 +324,7 @@ class Asterisk:
         self.env = dict(env or {})
         self.options = options
         self.bind_ip = bind_ip
+        self.wrapper = list(wrapper)
 
         self.ami_port = free_port(udp=False, tcp=True, host=bind_ip)
         self.sip_port = free_port(udp=True, tcp=True, host=bind_ip)
@@ -448,10 +471,11 @@ class Asterisk:
         console = open(self.console_log, "ab")  # noqa: SIM115 - closed in stop()
         self._console = console
         env = dict(os.environ)
+        env.update(sanitizer_env())
         env.update(self.env)
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [ASTERISK, "-C", str(self.conf), "-f", "-n", "-g", "-q"],
+            [*self.wrapper, ASTERISK, "-C", str(self.conf), "-f", "-n", "-g", "-q"],
             stdin=subprocess.DEVNULL,
             stdout=console,
             stderr=subprocess.STDOUT,
@@ -487,6 +511,11 @@ class Asterisk:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         self.boot_seconds = time.monotonic() - t0
+        if sanitizer_env() and not self.wrapper:
+            maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+            if "libasan" not in maps:
+                self._kill()
+                raise AsteriskError(f"{self.name}: the ASan runtime is not loaded (LD_PRELOAD)")
         return self.boot_seconds
 
     def stop(self, timeout: float = 10.0) -> bool:

@@ -186,7 +186,11 @@ def test_every_error_names_file_line_section_and_key_and_disables_only_that_agen
         rf"{pre} line {c.at[('empty_key', '')]}: \[empty_key\] elevenlabs_api_key: missing or "
         r"empty; it is required",
     )
-    expect("ERROR", rf"{pre}: \[x{{32}}\.\.\.\]: the section name is longer than 63 characters")
+    long_at = c.at[(long_name, "")]
+    expect(
+        "ERROR",
+        rf"{pre} line {long_at}: \[x{{32}}\.\.\.\]: the section name is longer than 63 characters",
+    )
     expect("WARNING", rf"{pre}: \[good\] appears more than once; only the first is used")
     disabled = len(bad) + 3  # + missing, empty_key, the long name
     expect(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convai import lifecycle as lc
 from convai import protocol as p
@@ -49,8 +51,18 @@ def test_moves_the_machine_does_not_have(start: Phase, target: Phase) -> None:
         else:
             life.to(phase)
     assert life.phase is start
-    with pytest.raises(RuntimeError, match=f"no move from {start.name} to {target.name}"):
+    with pytest.raises(
+        RuntimeError, match=f"no move from {start.name} to {target.name}|entered with end"
+    ):
         life.to(target)
+
+
+def test_closing_only_through_end() -> None:
+    """Found by the property test below: to(CLOSING) made a CLOSING without a decision."""
+    life = Lifecycle()
+    with pytest.raises(RuntimeError, match="CLOSING is entered with end"):
+        life.to(Phase.CLOSING)
+    assert life.phase is Phase.CONNECTING and life.ending is None
 
 
 def test_the_first_decision_stands() -> None:
@@ -164,3 +176,45 @@ def test_close_outcome_from_the_server() -> None:
     )
     err = p.ErrorEvent(1002, "transport_receive_timeout", "no audio")
     assert outcome(rcvd=(1002, ""), error=err) == (R.TIMEOUT, "transport_receive_timeout: no audio")
+
+
+def test_the_servers_close_reason_is_made_printable() -> None:
+    assert outcome(rcvd=(1011, "boom\r\nERROR[1]: forged")) == (
+        R.SERVER_ERROR,
+        "server closed the connection with 1011 (boom\\x0d\\x0aERROR[1]: forged)",
+    )
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("to"), st.sampled_from(list(Phase))),
+            st.tuples(st.just("end"), st.sampled_from(list(R))),
+        ),
+        max_size=12,
+    )
+)
+def test_any_sequence_keeps_the_invariants(ops: list[tuple[str, object]]) -> None:
+    """Whatever is asked in whatever order: the phase only moves along the machine, the end
+    is decided at most once and never changes, and an ending exists exactly from CLOSING on."""
+    life = Lifecycle()
+    first: lc.Ending | None = None
+    order = [Phase.CONNECTING, Phase.TALKING, Phase.CLOSING, Phase.DONE]
+    for kind, arg in ops:
+        before = life.phase
+        if kind == "end":
+            assert isinstance(arg, p.EndReason)
+            decided = life.end(arg, arg.value)
+            assert decided == (first is None and before in lc.LIVE)
+            if decided:
+                first = life.ending
+        else:
+            assert isinstance(arg, Phase)
+            try:
+                life.to(arg)
+            except RuntimeError:
+                assert life.phase is before
+        assert order.index(life.phase) >= order.index(before)
+        assert life.ending == first
+        assert (life.ending is not None) == (life.phase in (Phase.CLOSING, Phase.DONE))

@@ -705,3 +705,30 @@ def test_format_interruption() -> None:
         "=== END INTERRUPTION ===",
     ]
     assert "removed 0 audio chunks" in p.format_interruption(3, [], 0)[4]
+
+
+def test_builders_always_give_utf8() -> None:
+    """A lone surrogate (from a server's "\\ud800" escape, echoed by a tool) comes out as an
+    escape: the frame stays valid UTF-8 and decodes to the same string."""
+    for frame in (
+        p.ClientProtocol.user_message("a\ud800b"),
+        p.ClientProtocol.contextual_update("\udfff"),
+        p.ClientProtocol.tool_result("c1", "x\ud83d", False),
+    ):
+        frame.encode("utf-8")
+        assert "\\ud" in frame or "\\udfff" in frame
+    assert json.loads(p.ClientProtocol.user_message("a\ud800b"))["text"] == "a\ud800b"
+    assert p.ClientProtocol.user_message("grüß") == '{"type":"user_message","text":"grüß"}'
+
+
+def test_error_event_text_is_printable() -> None:
+    """It is logged and becomes the call's result detail: no CR/LF can forge a line."""
+    msg = {
+        "type": "error",
+        "error_event": {"error_type": "x\ny", "message": "bad\r\nWARNING: forged" + "z" * 400},
+    }
+    ev = one(p.ClientProtocol(), json.dumps(msg))
+    assert isinstance(ev, p.ErrorEvent)
+    assert ev.error_type == "x\\x0ay"
+    assert ev.message is not None and ev.message.startswith("bad\\x0d\\x0aWARNING: forged")
+    assert len(ev.message) == 301 and ev.message.endswith("…")

@@ -22,7 +22,16 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from convai import protocol as p
-from convai.session import AgentConfig, CallInfo, Phase, Session, SessionResult, Started
+from convai.session import (
+    MAX_QUEUED_PONGS,
+    MAX_TOOL_CALLS,
+    AgentConfig,
+    CallInfo,
+    Phase,
+    Session,
+    SessionResult,
+    Started,
+)
 from convai.tools import ToolRegistry
 
 API_KEY = "sk_test_0123456789abcdefSECRETKEY"
@@ -1102,3 +1111,75 @@ def test_hostile_tool_ids_never_reach_the_tools() -> None:
     bad = [e for e in out.rec.events if isinstance(e, p.MalformedMessage)]
     assert len(bad) == 2 and all(e.type == "client_tool_call" for e in bad)
     assert out.result.status == "COMPLETED"
+
+
+def test_a_lone_surrogate_from_the_server_cannot_break_the_writer() -> None:
+    """JSON lets a server send "\\ud800", a lone surrogate that UTF-8 cannot encode; a tool
+    that echoes it must not crash the only sender (found while testing the writer's end)."""
+    tools = ToolRegistry()
+    tools.register("echo", lambda call: call.parameters["text"])
+    results: list[Json] = []
+
+    async def agent(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.send(meta())
+        await conn.send(tool_call("echo", "c1", {"text": "a\ud800b"}))
+        results.append(await svc.recv(conn, audio_ok=False))
+        await conn.send(tool_call("echo", "c2", {"text": "ok"}))
+        results.append(await svc.recv(conn, audio_ok=False))
+        await conn.close(1000)
+
+    out = run_session(agent, tools=tools)
+    assert [(r["tool_call_id"], r["result"]) for r in results] == [("c1", "a\ud800b"), ("c2", "ok")]
+    assert (out.result.status, out.result.reason) == ("COMPLETED", p.EndReason.COMPLETED)
+
+
+def test_a_tool_call_flood_is_bounded() -> None:
+    """A hostile server cannot start tasks without bound: beyond MAX_TOOL_CALLS at once, a
+    tool call is answered with an error at once; the running ones finish normally."""
+    tools = ToolRegistry()
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def slow(call: p.ClientToolCall) -> str:
+        started.append(call.tool_call_id)
+        await release.wait()
+        return "done"
+
+    tools.register("slow", slow)
+    n = MAX_TOOL_CALLS + 4
+    results: list[Json] = []
+
+    async def agent(conn: ServerConnection, svc: FakeService) -> None:
+        await svc.recv(conn)
+        await conn.send(meta())
+        for i in range(n):
+            await conn.send(tool_call("slow", f"c{i}", {}))
+        for _ in range(4):  # the refused ones come back first
+            results.append(await svc.recv(conn, audio_ok=False))
+        release.set()
+        for _ in range(MAX_TOOL_CALLS):
+            results.append(await svc.recv(conn, audio_ok=False))
+        await conn.close(1000)
+
+    out = run_session(agent, tools=tools)
+    refused = [r["tool_call_id"] for r in results[:4]]
+    assert refused == [f"c{i}" for i in range(MAX_TOOL_CALLS, n)]
+    assert all(r["is_error"] and "Too many" in r["result"] for r in results[:4])
+    assert sorted(started) == sorted(f"c{i}" for i in range(MAX_TOOL_CALLS))
+    assert [r["result"] for r in results[4:]] == ["done"] * MAX_TOOL_CALLS
+    assert out.result.status == "COMPLETED"
+
+
+def test_pongs_for_a_stalled_socket_are_bounded() -> None:
+    """A ping flood while nothing can be sent keeps only the newest MAX_QUEUED_PONGS pongs."""
+
+    async def main() -> list[str]:
+        config = AgentConfig("sales", API_KEY, "http://127.0.0.1:1/x", AGENT_ID)
+        session = Session(config, CallInfo("PJSIP/x-1"), Recorder())
+        for i in range(1000):
+            session._process(ping(i, 5))  # no socket: nothing is sent
+        return list(session._pongs)
+
+    pongs = asyncio.run(main())
+    assert [json.loads(x)["event_id"] for x in pongs] == list(range(1000 - MAX_QUEUED_PONGS, 1000))
