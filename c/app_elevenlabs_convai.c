@@ -81,7 +81,8 @@
 					<literal>signed_url_failed</literal>, <literal>connect_failed</literal>,
 					<literal>unsupported_format</literal>, <literal>unknown_agent</literal>,
 					<literal>runtime_unavailable</literal>, <literal>start_timeout</literal>,
-					<literal>shutdown</literal>, <literal>message_too_big</literal>.</para>
+					<literal>shutdown</literal> (Asterisk is stopping), <literal>message_too_big</literal>,
+					<literal>transfer</literal>.</para>
 				</variable>
 				<variable name="ELEVENLABS_TRANSFER_TARGET">
 					<para>With <literal>ELEVENLABS_STATUS=TRANSFER</literal>: the name of the
@@ -151,9 +152,10 @@
 				when the call started; empty when the agent is not configured).</para></parameter>
 				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
 				the conversation has started.</para></parameter>
-				<parameter name="ToolName"/>
+				<parameter name="ToolName"><para>As the agent sent it; like every value the server
+				chooses, control characters are replaced by spaces before it reaches AMI.</para></parameter>
 				<parameter name="ToolCallID"/>
-				<parameter name="Parameters"><para>The tool's parameters as JSON.</para></parameter>
+				<parameter name="Parameters"><para>The tool's parameters as JSON (cut to 599 bytes).</para></parameter>
 				<parameter name="Handler"><para>Who answers it: <literal>module</literal> (a tool the
 				module carries out), <literal>ami</literal> (waits for
 				<literal>ElevenLabsConvAIToolResult</literal>) or <literal>none</literal> (not
@@ -184,6 +186,8 @@
 				<parameter name="Interruptions"/>
 				<parameter name="BytesUp"/>
 				<parameter name="BytesDown"/>
+				<parameter name="BacklogDropped"><para>Agent frames refused because the call already
+				queued the most agent audio it may (70 s).</para></parameter>
 				<parameter name="PlayoutP50Us"><para>Deviation of the interval between writes from 20 ms;
 				also P99Us, MaxUs, Count and Hist (sparse <literal>bucket:count</literal> list) for
 				Playout, FirstFrame (agent audio received to first frame written), BargeIn
@@ -355,7 +359,7 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	if (ast_strlen_zero(args.agent)) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s: %s requires an agent: %s(agent[,options]); "
 			"ELEVENLABS_STATUS=FAILED\n", ast_channel_name(chan), APP_NAME, APP_NAME);
-		return convai_fail_early(chan, "", "unknown_agent");
+		return convai_fail_early(chan, "", CONVAI_REASON_UNKNOWN_AGENT);
 	}
 	if (!ast_strlen_zero(args.options)) {
 		ast_app_parse_options(convai_opts, &opts, NULL, args.options);
@@ -366,18 +370,18 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 			cfg && convai_config_is_disabled(cfg, args.agent)
 				? "is disabled: its section in " CONFIG_FILE " has errors (see the last (re)load)"
 				: "is not configured in " CONFIG_FILE);
-		return convai_fail_early(chan, args.agent, "unknown_agent");
+		return convai_fail_early(chan, args.agent, CONVAI_REASON_UNKNOWN_AGENT);
 	}
 	if (!convai_runtime_available()) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the Python runtime is not running; "
 			"ELEVENLABS_STATUS=FAILED\n", ast_channel_name(chan), args.agent);
-		return convai_fail_early(chan, args.agent, "runtime_unavailable");
+		return convai_fail_early(chan, args.agent, CONVAI_REASON_RUNTIME_UNAVAILABLE);
 	}
 	if (ast_channel_state(chan) != AST_STATE_UP && ast_answer(chan)) {
 		return -1;
 	}
 	if (!(c = convai_call_new(chan, agent))) {
-		return convai_fail_early(chan, args.agent, "runtime_unavailable");
+		return convai_fail_early(chan, args.agent, CONVAI_REASON_RUNTIME_UNAVAILABLE);
 	}
 	ast_verb(3, LOG_PREFIX "%s [%s]: connecting to agent [%s] (agent ID %s)\n",
 		ast_channel_name(chan), agent->name, agent->name, agent->agent_id);
@@ -390,8 +394,8 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	} else if (ast_test_flag(&opts, OPT_HANGUP)) {
 		hangup = 1;
 	}
-	res = c->status == CALL_HANGUP || (c->status == CALL_COMPLETED && hangup) ? -1 : 0;
-	if (c->status == CALL_TRANSFER) {
+	res = c->status == CONVAI_STATUS_HANGUP || (c->status == CONVAI_STATUS_COMPLETED && hangup) ? -1 : 0;
+	if (c->status == CONVAI_STATUS_TRANSFER) {
 		res = c->transfer_res;   /* 0: continue at the blind target; -1: bridged or REFERred */
 	}
 	convai_call_destroy(c);

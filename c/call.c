@@ -39,40 +39,81 @@
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
-#define INBOX_SLOTS 16            /* tool results from AMI waiting for the call's thread */
+#define INBOX_SLOTS 16           /* tool results from AMI waiting for the call's thread */
 #define DTMF_TONE_TICKS 5        /* 100 ms per digit the agent sends */
 #define DTMF_GAP_TICKS 5         /* 100 ms between digits */
 
-static const char *status_names[] = {
-	[CALL_RUNNING] = "RUNNING", [CALL_COMPLETED] = "COMPLETED",
-	[CALL_HANGUP] = "HANGUP", [CALL_FAILED] = "FAILED", [CALL_TRANSFER] = "TRANSFER",
-};
-
-const char *convai_status_name(enum call_status status)
-{
-	return status_names[status];
-}
-
 static AST_RWLIST_HEAD_STATIC(live_calls, convai_call);
 
-static void call_set_end(struct convai_call *c, enum call_status status, const char *reason)
+/* --- the call's phases ------------------------------------------------------------------ */
+
+static const char *const phase_names[CALL_PHASE_MAX] = {
+	[CALL_CONNECTING] = "connecting", [CALL_TALKING] = "talking",
+	[CALL_DRAINING] = "ending (playing out)", [CALL_DONE] = "done",
+};
+
+/* The moves each phase allows (a bit per target phase); anything else is ignored. */
+static const unsigned int phase_moves[CALL_PHASE_MAX] = {
+	[CALL_CONNECTING] = 1u << CALL_TALKING | 1u << CALL_DONE,
+	[CALL_TALKING] = 1u << CALL_DRAINING | 1u << CALL_DONE,
+	[CALL_DRAINING] = 1u << CALL_DONE,
+	[CALL_DONE] = 0,
+};
+
+const char *convai_call_phase_name(enum call_phase phase)
 {
-	if (c->status == CALL_RUNNING) {
+	return phase_names[phase];
+}
+
+/*!
+ * \brief The one place the call's phase and outcome change.
+ * \param status, reason the outcome: fixed when entering DRAINING (the result stands once the
+ *        ring has played out) or DONE. CONVAI_STATUS_RUNNING with DONE keeps the outcome that
+ *        DRAINING fixed (the ring has played out).
+ * \retval 0 moved, -1 not a move from this phase (e.g. a second END): nothing changed
+ */
+static int call_enter(struct convai_call *c, enum call_phase to, enum convai_status status,
+	enum convai_reason reason)
+{
+	if (!(phase_moves[c->phase] & (1u << to))) {
+		return -1;
+	}
+	if (to == CALL_DRAINING) {
+		c->drain_start = ast_tvnow();
+	}
+	if (status != CONVAI_STATUS_RUNNING) {
 		c->status = status;
-		ast_copy_string(c->reason, reason, sizeof(c->reason));
+		c->reason = reason;
+	}
+	AST_RWLIST_WRLOCK(&live_calls);   /* the CLI reads the phase */
+	c->phase = to;
+	AST_RWLIST_UNLOCK(&live_calls);
+	return 0;
+}
+
+/* The channel has gone: the caller hung up, or Asterisk is shutting down (`core stop now`). */
+static void call_hung_up(struct convai_call *c)
+{
+	if (ast_shutting_down()
+		|| (ast_channel_softhangup_internal_flag(c->chan) & AST_SOFTHANGUP_SHUTDOWN)) {
+		call_enter(c, CALL_DONE, CONVAI_STATUS_FAILED, CONVAI_REASON_SHUTDOWN);
+	} else {
+		call_enter(c, CALL_DONE, CONVAI_STATUS_HANGUP, CONVAI_REASON_CALLER_HANGUP);
 	}
 }
 
-static void call_notify_python(struct convai_call *c, int type, const char *text)
+/* --- commands: C -> Python --------------------------------------------------------------- */
+
+static void call_send(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
 {
-	if (!convai_ring_push(c->sess->to_py, type, text, strlen(text))) {
+	if (!convai_ring_push(c->sess->to_py, type, rec, len)) {
 		eventfd_write(c->sess->up_efd, 1);
 	}
 }
 
-void convai_call_notify(struct convai_call *c, int type, const char *text)
+void convai_call_send(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
 {
-	call_notify_python(c, type, text);
+	call_send(c, type, rec, len);
 }
 
 void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x)
@@ -82,13 +123,13 @@ void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x)
 	AST_RWLIST_UNLOCK(&live_calls);
 }
 
-int convai_call_post(struct convai_call *c, uint32_t type, const char *text)
+int convai_call_post(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
 {
 	int res;
 
 	/* Any number of AMI threads: the lock makes them one producer of the inbox ring. */
 	ast_mutex_lock(&c->inbox_lock);
-	res = convai_ring_push(c->inbox, type, text, strlen(text));
+	res = convai_ring_push(c->inbox, type, rec, len);
 	ast_mutex_unlock(&c->inbox_lock);
 	if (!res) {
 		eventfd_write(c->wake_efd, 1);
@@ -100,160 +141,159 @@ int convai_call_post(struct convai_call *c, uint32_t type, const char *text)
  * They share the session's down eventfd with Python's commands (call_on_commands reads it). */
 static void call_on_wake(struct convai_call *c)
 {
-	char text[CONVAI_CMD_BYTES + 1];
+	uint32_t rec[CONVAI_CMD_BYTES / sizeof(uint32_t) + 1];   /* aligned for the records */
 	uint32_t type;
 	int len;
 
-	while ((len = convai_ring_pop(c->inbox, &type, text, CONVAI_CMD_BYTES)) >= 0) {
-		text[len] = '\0';
-		call_notify_python(c, type, text);
+	while ((len = convai_ring_pop(c->inbox, &type, rec, CONVAI_CMD_BYTES)) >= 0) {
+		call_send(c, type, rec, (uint32_t) len);
 	}
 	if (convai_transfer_poll(c)) {
-		call_set_end(c, CALL_TRANSFER, "transfer");
+		call_enter(c, CALL_DONE, CONVAI_STATUS_TRANSFER, CONVAI_REASON_TRANSFER);
 	}
 }
 
-static int format_for(const char *name, struct ast_format **fmt, uint32_t *bytes)
+static void call_send_hangup(struct convai_call *c, enum convai_reason reason)
 {
-	if (!strcmp(name, "ulaw_8000")) {
-		*fmt = ast_format_ulaw;
-		*bytes = 160;
-	} else if (!strcmp(name, "pcm_8000")) {
-		*fmt = ast_format_slin;
-		*bytes = 320;
-	} else if (!strcmp(name, "pcm_16000")) {
-		*fmt = ast_format_slin16;
-		*bytes = 640;
-	} else {
-		return -1;
-	}
-	return 0;
+	struct convai_cmd_hangup cmd = { .reason = reason };
+
+	call_send(c, CONVAI_CMD_HANGUP, &cmd, sizeof(cmd));
 }
 
-/* STARTED: "conversation_id\tinput_format\toutput_format" */
-static void call_on_started(struct convai_call *c, char *text)
+/* --- commands: Python -> C --------------------------------------------------------------- */
+
+static struct ast_format *ast_format_for(int fmt)
 {
-	char *conv = strsep(&text, "\t");
-	char *in = strsep(&text, "\t");
-	char *out = text;
-	uint32_t up_bytes;
+	switch (fmt) {
+	case CONVAI_FMT_ULAW_8000: return ast_format_ulaw;
+	case CONVAI_FMT_PCM_8000: return ast_format_slin;
+	case CONVAI_FMT_PCM_16000: return ast_format_slin16;
+	}
+	return NULL;
+}
+
+static void call_on_started(struct convai_call *c, const void *rec)
+{
+	const struct convai_cmd_started *cmd = rec;
+	const struct convai_format_info *in = convai_format(cmd->in_format);
+	const struct convai_format_info *out = convai_format(cmd->out_format);
+	char conv[CONVAI_ID_BYTES];
 	/* The first tick at once, not 20 ms on: the greeting often reaches the ring before this
 	 * command does, and would otherwise wait a whole extra frame (bench/README.md). */
 	struct itimerspec its = { { 0, 20000000 }, { 0, 1 } };
 
-	if (c->started || !conv || !in || !out
-		|| format_for(in, &c->read_fmt, &up_bytes) || format_for(out, &c->write_fmt, &c->frame_bytes)) {
+	if (c->phase != CALL_CONNECTING) {
+		return;   /* a second STARTED */
+	}
+	if (!in || !out) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the agent asked for unsupported audio formats\n",
 			ast_channel_name(c->chan), c->agent->name);
-		call_set_end(c, CALL_FAILED, "unsupported_format");
+		call_enter(c, CALL_DONE, CONVAI_STATUS_FAILED, CONVAI_REASON_UNSUPPORTED_FORMAT);
 		return;
 	}
-	c->up_frame_bytes = up_bytes;
-	c->frame_samples = c->write_fmt == ast_format_ulaw ? 160 : c->frame_bytes / 2;
-	memset(c->silence, c->write_fmt == ast_format_ulaw ? 0xff : 0, sizeof(c->silence));
+	c->read_fmt = ast_format_for(cmd->in_format);
+	c->write_fmt = ast_format_for(cmd->out_format);
+	c->up_frame_bytes = in->frame_bytes;
+	c->up_silence = in->silence;
+	c->frame_bytes = out->frame_bytes;
+	c->frame_samples = out->sample_rate / 50;
+	memset(c->silence, out->silence, sizeof(c->silence));
 	if (ast_set_read_format(c->chan, c->read_fmt) || ast_set_write_format(c->chan, c->write_fmt)) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot set the channel to %s/%s\n",
-			ast_channel_name(c->chan), c->agent->name, in, out);
-		call_set_end(c, CALL_FAILED, "unsupported_format");
+			ast_channel_name(c->chan), c->agent->name, in->name, out->name);
+		call_enter(c, CALL_DONE, CONVAI_STATUS_FAILED, CONVAI_REASON_UNSUPPORTED_FORMAT);
 		return;
 	}
+	convai_clean(conv, cmd->conversation_id, sizeof(conv));
 	AST_RWLIST_WRLOCK(&live_calls);
 	ast_copy_string(c->conversation_id, conv, sizeof(c->conversation_id));
-	ast_copy_string(c->in_format, in, sizeof(c->in_format));
-	ast_copy_string(c->out_format, out, sizeof(c->out_format));
-	c->started = 1;
+	c->in_format = in->name;
+	c->out_format = out->name;
 	AST_RWLIST_UNLOCK(&live_calls);
+	call_enter(c, CALL_TALKING, CONVAI_STATUS_RUNNING, CONVAI_REASON_NONE);
 	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_CONVERSATION_ID", conv);
 	/* Absolute 20 ms clock for agent audio; its expiration count is what keeps us exact. */
 	timerfd_settime(c->tfd, 0, &its, NULL);
 	ast_verb(3, LOG_PREFIX "%s [%s]: conversation %s started with agent [%s] (%s in, %s out)\n",
-		ast_channel_name(c->chan), c->agent->name, conv, c->agent->name, in, out);
-	{
-		char body[64];
-
-		snprintf(body, sizeof(body), "InputFormat: %s\r\nOutputFormat: %s\r\n", in, out);
-		convai_call_event(c, "ElevenLabsConvAIStart", body);
-	}
+		ast_channel_name(c->chan), c->agent->name, conv, c->agent->name, in->name, out->name);
+	convai_event_start(c);
 }
 
-/* END: "STATUS\treason\tdetail\tplay_out"; Python decides play_out (lifecycle.py). */
-static void call_on_end(struct convai_call *c, char *text)
+static void call_on_end(struct convai_call *c, const void *rec)
 {
-	char *status = strsep(&text, "\t");
-	char *reason = strsep(&text, "\t");
-	int play_out;
-	enum call_status st = CALL_FAILED;
+	const struct convai_cmd_end *cmd = rec;
+	enum convai_status st = cmd->status == CONVAI_STATUS_COMPLETED
+		|| cmd->status == CONVAI_STATUS_HANGUP ? cmd->status : CONVAI_STATUS_FAILED;
+	enum convai_reason reason = *convai_reason_name(cmd->reason) ? cmd->reason
+		: CONVAI_REASON_SERVER_ERROR;
 
-	strsep(&text, "\t");   /* the detail: Python has logged it */
-	play_out = text && *text == '1';
-	if (c->draining) {
+	if (cmd->status == CONVAI_STATUS_TRANSFER) {
+		/* Only a blind transfer this thread accepted; anything else ends as completed. */
+		st = convai_transfer_blind_accepted(c) ? CONVAI_STATUS_TRANSFER : CONVAI_STATUS_COMPLETED;
+	}
+	if (c->phase == CALL_DRAINING) {
 		return;   /* already ending (max_duration): that result stands */
 	}
-	if (status && !strcmp(status, "COMPLETED")) {
-		st = CALL_COMPLETED;
-	} else if (status && !strcmp(status, "HANGUP")) {
-		st = CALL_HANGUP;
-	} else if (status && !strcmp(status, "TRANSFER")) {
-		/* Only a blind transfer this thread accepted; anything else ends as completed. */
-		st = convai_transfer_blind_accepted(c) ? CALL_TRANSFER : CALL_COMPLETED;
-	}
-	if (!c->started || !play_out) {
-		/* Nothing to play: a failed setup, a hangup, a shutdown. */
-		call_set_end(c, st, S_OR(reason, "server_error"));
-		return;
-	}
-	/* The loop ends once the agent's queued audio has played out: no cut-off last words,
-	 * also when the conversation broke off (a reset is no reason to swallow them). */
-	c->draining = 1;
-	c->drain_start = ast_tvnow();
-	c->final_status = st;
-	ast_copy_string(c->final_reason, S_OR(reason, "completed"), sizeof(c->final_reason));
-}
-
-/* EVENT: "Name\r\nKey: value\r\n..." */
-static void call_on_event(struct convai_call *c, char *text)
-{
-	char *name = strsep(&text, "\r\n");
-
-	if (!ast_strlen_zero(name) && !strncmp(name, "ElevenLabsConvAI", 16)) {
-		convai_call_event(c, name, S_OR(ast_skip_blanks(text), ""));
+	if (c->phase == CALL_TALKING && cmd->play_out) {
+		/* The loop ends once the agent's queued audio has played out: no cut-off goodbye,
+		 * also after a broken connection (Python decides: convai/lifecycle.py). */
+		call_enter(c, CALL_DRAINING, st, reason);
+	} else {
+		call_enter(c, CALL_DONE, st, reason);
 	}
 }
 
-/* SETVAR "NAME=value": only ELEVENLABS_* names of letters, digits and _ (the set_variable
- * tool's are ELEVENLABS_VAR_<allow-listed name>, checked in convai/tools.py too). */
-static void call_on_setvar(struct convai_call *c, char *text)
+static void call_on_interruption_cmd(struct convai_call *c, const void *rec)
 {
-	char *eq = strchr(text, '=');
+	const struct convai_cmd_interruption *cmd = rec;
+
+	convai_event_interruption(c, cmd->event_id);
+}
+
+static void call_on_tool_call(struct convai_call *c, const void *rec)
+{
+	convai_event_tool_call(c, rec);
+}
+
+/* Only ELEVENLABS_* names of letters, digits and _: nothing else of the dialplan's is ours. */
+static void call_on_setvar(struct convai_call *c, const void *rec)
+{
+	const struct convai_cmd_setvar *cmd = rec;
+	char name[CONVAI_VAR_NAME_BYTES], value[CONVAI_VAR_VALUE_BYTES];
 	const char *p;
 
-	if (!eq || strncmp(text, "ELEVENLABS_", 11)) {
+	ast_copy_string(name, cmd->name, sizeof(name));
+	for (p = name; *p && (isalnum((unsigned char) *p) || *p == '_'); p++) {
+	}
+	if (*p || strncmp(name, "ELEVENLABS_", 11) || !name[11]) {
+		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: refusing to set channel variable '%s'\n",
+			ast_channel_name(c->chan), c->agent->name, convai_clean(name, name, sizeof(name)));
 		return;
 	}
-	for (p = text; p < eq && (isalnum((unsigned char) *p) || *p == '_'); p++) {
-	}
-	if (p != eq || eq - text > 64) {
-		return;
-	}
-	*eq = '\0';
-	pbx_builtin_setvar_helper(c->chan, text, eq + 1);
+	pbx_builtin_setvar_helper(c->chan, name, convai_clean(value, cmd->value, sizeof(value)));
 }
 
-/* TRANSFER "tool_call_id\ttarget" */
-static void call_on_transfer(struct convai_call *c, char *text)
+static void call_on_transfer(struct convai_call *c, const void *rec)
 {
-	char *id = strsep(&text, "\t");
+	const struct convai_cmd_transfer *cmd = rec;
+	char id[CONVAI_ID_BYTES], target[CONVAI_TARGET_BYTES];
 
-	if (!ast_strlen_zero(id) && !ast_strlen_zero(text)) {
-		convai_transfer_request(c, id, text);
+	convai_clean(id, cmd->tool_call_id, sizeof(id));
+	convai_clean(target, cmd->target, sizeof(target));
+	if (!ast_strlen_zero(id) && !ast_strlen_zero(target)) {
+		convai_transfer_request(c, id, target);
 	}
 }
 
-/* SEND_DTMF "digits": queued and played on the 20 ms ticks, so the loop never waits. */
-static void call_on_send_dtmf(struct convai_call *c, const char *digits)
+/* The agent's digits: queued and played on the 20 ms ticks, so the loop never waits. */
+static void call_on_send_dtmf(struct convai_call *c, const void *rec)
 {
-	size_t have = strlen(c->dtmf_out), n = strlen(digits);
+	const struct convai_cmd_send_dtmf *cmd = rec;
+	char digits[CONVAI_DIGITS_BYTES];
+	size_t have = strlen(c->dtmf_out), n;
 
+	convai_clean(digits, cmd->digits, sizeof(digits));
+	n = strlen(digits);
 	if (!n || strspn(digits, "0123456789*#wW") != n || have + n >= sizeof(c->dtmf_out)) {
 		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: DTMF '%.16s' from the agent refused\n",
 			ast_channel_name(c->chan), c->agent->name, digits);
@@ -262,6 +302,11 @@ static void call_on_send_dtmf(struct convai_call *c, const char *digits)
 	ast_verb(4, LOG_PREFIX "%s [%s]: sending DTMF %s for the agent\n",
 		ast_channel_name(c->chan), c->agent->name, digits);
 	strcat(c->dtmf_out, digits);   /* length checked */
+}
+
+static void call_on_system_tool(struct convai_call *c, const void *rec)
+{
+	convai_event_system_tool(c, rec);
 }
 
 /* One 20 ms step of the agent's DTMF: 100 ms tones with 100 ms gaps; w 0.5 s, W 1 s. */
@@ -291,43 +336,46 @@ static void call_dtmf_tick(struct convai_call *c)
 	}
 }
 
+/* Python -> C, by type: the records' sizes are checked before a handler sees one. */
+static const struct {
+	uint32_t type;
+	void (*handle)(struct convai_call *c, const void *rec);
+} call_commands[] = {
+	{ CONVAI_CMD_STARTED, call_on_started },
+	{ CONVAI_CMD_END, call_on_end },
+	{ CONVAI_CMD_INTERRUPTION, call_on_interruption_cmd },
+	{ CONVAI_CMD_TOOL_CALL, call_on_tool_call },
+	{ CONVAI_CMD_SETVAR, call_on_setvar },
+	{ CONVAI_CMD_TRANSFER, call_on_transfer },
+	{ CONVAI_CMD_SEND_DTMF, call_on_send_dtmf },
+	{ CONVAI_CMD_SYSTEM_TOOL, call_on_system_tool },
+};
+
+static void call_on_command(struct convai_call *c, uint32_t type, const void *rec, int len)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_LEN(call_commands); i++) {
+		if (call_commands[i].type == type && (uint32_t) len == convai_cmd_size(type)) {
+			call_commands[i].handle(c, rec);
+			return;
+		}
+	}
+	ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: ignoring command %u of %d bytes from the Python "
+		"runtime\n", ast_channel_name(c->chan), c->agent->name, type, len);
+}
+
 static void call_on_commands(struct convai_call *c)
 {
-	char text[CONVAI_CMD_BYTES + 1];
+	/* Aligned for the records' uint32_t fields. */
+	uint32_t rec[CONVAI_CMD_BYTES / sizeof(uint32_t) + 1];
 	eventfd_t ignored;
 	uint32_t type;
 	int len;
 
 	eventfd_read(c->sess->down_efd, &ignored);
-	while ((len = convai_ring_pop(c->sess->to_c, &type, text, CONVAI_CMD_BYTES)) >= 0) {
-		text[len] = '\0';
-		switch (type) {
-		case CONVAI_CMD_STARTED:
-			call_on_started(c, text);
-			break;
-		case CONVAI_CMD_END:
-			call_on_end(c, text);
-			break;
-		case CONVAI_CMD_EVENT:
-			call_on_event(c, text);
-			break;
-		case CONVAI_CMD_SETVAR:
-			call_on_setvar(c, text);
-			break;
-		case CONVAI_CMD_TRANSFER:
-			call_on_transfer(c, text);
-			break;
-		case CONVAI_CMD_SEND_DTMF:
-			call_on_send_dtmf(c, text);
-			break;
-		case CONVAI_CMD_FLUSH:
-			atomic_store(&c->sess->down->head, atomic_load(&c->sess->down->tail));
-			c->playing = 0;
-			break;
-		default:
-			ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: unknown command %u from the Python "
-				"runtime\n", ast_channel_name(c->chan), c->agent->name, type);
-		}
+	while ((len = convai_ring_pop(c->sess->to_c, &type, rec, CONVAI_CMD_BYTES)) >= 0) {
+		call_on_command(c, type, rec, len);
 	}
 }
 
@@ -396,14 +444,14 @@ static int call_on_interruption(struct convai_call *c, uint32_t below)
 	struct convai_slot *s = h != t ? convai_ring_slot(r, h) : NULL;
 
 	c->seen_below = below;
-	if (!c->playing || c->last_played_id >= below) {
+	if (!c->playing || !convai_ring_id_stale(c->last_played_id, below)) {
 		return 0;
 	}
 	c->playing = 0;
 	c->prebuffer_ticks = 0;
 	convai_hist_add(c->sess, CONVAI_HIST_BARGE_IN,
 		convai_now_us() - (uint32_t) convai_stat_get(c->sess, CONVAI_STAT_INTERRUPT_STAMP));
-	if (s && s->event_id < below) {
+	if (s && convai_ring_id_stale(s->event_id, below)) {
 		call_write_fade(c, s->data, s->len);
 	} else {
 		call_write(c, c->silence);
@@ -473,10 +521,10 @@ static void call_fill_uplink(struct convai_call *c, uint64_t ticks)
 	unsigned char silence[CONVAI_FRAME_MAX];
 
 	c->up_deficit += (int) MIN(ticks, 50u);
-	if (c->up_deficit <= UP_SLACK_FRAMES || c->draining) {
+	if (c->up_deficit <= UP_SLACK_FRAMES || c->phase != CALL_TALKING) {
 		return;
 	}
-	memset(silence, c->read_fmt == ast_format_ulaw ? 0xff : 0, c->up_frame_bytes);
+	memset(silence, c->up_silence, c->up_frame_bytes);
 	while (c->up_deficit > UP_SLACK_FRAMES) {
 		call_push_up(c, silence, c->up_frame_bytes, now);
 	}
@@ -500,9 +548,9 @@ static void call_on_tick(struct convai_call *c)
 	if (c->dtmf_out[0]) {
 		call_dtmf_tick(c);
 	}
-	if (c->draining && !c->playing && !convai_ring_count(c->sess->down)
+	if (c->phase == CALL_DRAINING && !c->playing && !convai_ring_count(c->sess->down)
 		&& !convai_stat_get(c->sess, CONVAI_STAT_BACKLOG_FRAMES)) {
-		call_set_end(c, c->final_status, c->final_reason);
+		call_enter(c, CALL_DONE, CONVAI_STATUS_RUNNING, CONVAI_REASON_NONE);   /* played out */
 	}
 }
 
@@ -536,7 +584,7 @@ static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t
 
 static void call_on_voice(struct convai_call *c, struct ast_frame *f)
 {
-	if (!c->started || c->draining || ast_format_cmp(f->subclass.format, c->read_fmt)
+	if (c->phase != CALL_TALKING || ast_format_cmp(f->subclass.format, c->read_fmt)
 		!= AST_FORMAT_CMP_EQUAL) {
 		return;
 	}
@@ -545,12 +593,12 @@ static void call_on_voice(struct convai_call *c, struct ast_frame *f)
 
 static void call_on_dtmf(struct convai_call *c, struct ast_frame *f)
 {
-	char digit[2] = { (char) f->subclass.integer, '\0' };
+	struct convai_cmd_dtmf cmd = { .digit = (char) f->subclass.integer };
 
-	if (c->started && !c->draining) {
-		ast_debug(1, LOG_PREFIX "%s [%s]: DTMF '%s' passed to the agent\n",
-			ast_channel_name(c->chan), c->agent->name, digit);
-		call_notify_python(c, CONVAI_CMD_DTMF, digit);
+	if (c->phase == CALL_TALKING) {
+		ast_debug(1, LOG_PREFIX "%s [%s]: DTMF '%c' passed to the agent\n",
+			ast_channel_name(c->chan), c->agent->name, cmd.digit);
+		call_send(c, CONVAI_CMD_DTMF, &cmd, sizeof(cmd));
 	}
 }
 
@@ -560,7 +608,7 @@ static int call_on_channel(struct convai_call *c)
 	struct ast_frame *f = ast_read(c->chan);
 
 	if (!f) {
-		call_set_end(c, CALL_HANGUP, "caller_hangup");
+		call_hung_up(c);
 		return -1;
 	}
 	if (f->frametype == AST_FRAME_VOICE) {
@@ -579,11 +627,9 @@ static int call_on_channel(struct convai_call *c)
  */
 static void call_end_at_max_duration(struct convai_call *c)
 {
-	call_notify_python(c, CONVAI_CMD_HANGUP, "");
-	c->draining = 1;
-	c->drain_start = ast_tvnow();
-	c->final_status = CALL_COMPLETED;
-	ast_copy_string(c->final_reason, "max_duration", sizeof(c->final_reason));
+	if (!call_enter(c, CALL_DRAINING, CONVAI_STATUS_COMPLETED, CONVAI_REASON_MAX_DURATION)) {
+		call_send_hangup(c, CONVAI_REASON_MAX_DURATION);
+	}
 }
 
 static void call_loop(struct convai_call *c)
@@ -591,7 +637,7 @@ static void call_loop(struct convai_call *c)
 	int fds[2] = { c->tfd, c->sess->down_efd };
 	int64_t max_ms = c->agent->max_duration ? (int64_t) c->agent->max_duration * 1000 : -1;
 
-	while (c->status == CALL_RUNNING) {
+	while (c->phase != CALL_DONE) {
 		int ms = 1000, outfd = -1;
 		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 2, NULL, &outfd, &ms);
 		int64_t elapsed = ast_tvdiff_ms(ast_tvnow(), c->start);
@@ -606,59 +652,54 @@ static void call_loop(struct convai_call *c)
 			call_on_commands(c);
 			call_on_wake(c);
 		} else if (ms < 0) {
-			call_set_end(c, CALL_HANGUP, "caller_hangup");
+			call_hung_up(c);
 		}
-		if (!c->started && elapsed > START_TIMEOUT_MS) {
+		if (c->phase == CALL_CONNECTING && elapsed > START_TIMEOUT_MS) {
 			ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: the agent did not start within %d s\n",
 				ast_channel_name(c->chan), c->agent->name, START_TIMEOUT_MS / 1000);
-			call_set_end(c, CALL_FAILED, "start_timeout");
-		} else if (max_ms > 0 && elapsed > max_ms && !c->draining) {
+			call_enter(c, CALL_DONE, CONVAI_STATUS_FAILED, CONVAI_REASON_START_TIMEOUT);
+		} else if (max_ms > 0 && elapsed > max_ms && c->phase == CALL_TALKING) {
 			ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: max_duration of %d s reached\n",
 				ast_channel_name(c->chan), c->agent->name, c->agent->max_duration);
 			call_end_at_max_duration(c);
-		} else if (c->draining && ast_tvdiff_ms(ast_tvnow(), c->drain_start) > DRAIN_MAX_MS) {
-			call_set_end(c, c->final_status, c->final_reason);
+		} else if (c->phase == CALL_DRAINING
+			&& ast_tvdiff_ms(ast_tvnow(), c->drain_start) > DRAIN_MAX_MS) {
+			call_enter(c, CALL_DONE, CONVAI_STATUS_RUNNING, CONVAI_REASON_NONE);
 		}
 	}
 }
 
 static void call_set_result(struct convai_call *c)
 {
-	char duration[32];
-	char body[256];
+	const char *status = convai_status_name(c->status);
+	const char *reason = convai_reason_name(c->reason);
+	double secs = ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0;
 
-	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_STATUS", convai_status_name(c->status));
-	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_END_REASON", c->reason);
+	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_STATUS", status);
+	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_END_REASON", reason);
 	pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_CONVERSATION_ID", c->conversation_id);
-	snprintf(duration, sizeof(duration), "%.3f", ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0);
-	snprintf(body, sizeof(body), "Status: %s\r\nReason: %s\r\nDuration: %s\r\n",
-		convai_status_name(c->status), c->reason, duration);
-	convai_call_event_stats(c);
-	convai_call_event(c, "ElevenLabsConvAIEnd", body);
-	convai_metrics_call_ended(convai_status_name(c->status),
-		convai_stat_get(c->sess, CONVAI_STAT_INTERRUPTIONS),
+	convai_event_stats(c);
+	convai_event_end(c->chan, c->agent->name, c->agent->agent_id, c->conversation_id, c->status,
+		c->reason, secs);
+	convai_metrics_call_ended(c->status, convai_stat_get(c->sess, CONVAI_STAT_INTERRUPTIONS),
 		convai_stat_get(c->sess, CONVAI_STAT_UNDERRUNS), c->sess->hist[CONVAI_HIST_FIRST_FRAME]);
-	if (c->status == CALL_FAILED) {
+	if (c->status == CONVAI_STATUS_FAILED) {
 		ast_log(LOG_WARNING, LOG_PREFIX "%s [%s]: conversation %s with agent [%s] failed: %s "
-			"after %s s\n", ast_channel_name(c->chan), c->agent->name,
-			S_OR(c->conversation_id, "(none)"), c->agent->name, c->reason, duration);
+			"after %.3f s\n", ast_channel_name(c->chan), c->agent->name,
+			S_OR(c->conversation_id, "(none)"), c->agent->name, reason, secs);
 	} else {
 		ast_log(LOG_NOTICE, LOG_PREFIX "%s [%s]: conversation %s with agent [%s] ended: %s (%s) "
-			"after %s s\n", ast_channel_name(c->chan), c->agent->name,
-			S_OR(c->conversation_id, "(none)"), c->agent->name, convai_status_name(c->status),
-			c->reason, duration);
+			"after %.3f s\n", ast_channel_name(c->chan), c->agent->name,
+			S_OR(c->conversation_id, "(none)"), c->agent->name, status, reason, secs);
 	}
 }
 
-int convai_fail_early(struct ast_channel *chan, const char *agent, const char *reason)
+int convai_fail_early(struct ast_channel *chan, const char *agent, enum convai_reason reason)
 {
-	char body[128];
-
-	pbx_builtin_setvar_helper(chan, "ELEVENLABS_STATUS", "FAILED");
-	pbx_builtin_setvar_helper(chan, "ELEVENLABS_END_REASON", reason);
+	pbx_builtin_setvar_helper(chan, "ELEVENLABS_STATUS", convai_status_name(CONVAI_STATUS_FAILED));
+	pbx_builtin_setvar_helper(chan, "ELEVENLABS_END_REASON", convai_reason_name(reason));
 	pbx_builtin_setvar_helper(chan, "ELEVENLABS_CONVERSATION_ID", "");
-	snprintf(body, sizeof(body), "Status: FAILED\r\nReason: %s\r\nDuration: 0.000\r\n", reason);
-	convai_event_emit(chan, S_OR(agent, ""), "", "", "ElevenLabsConvAIEnd", body);
+	convai_event_end(chan, S_OR(agent, ""), "", "", CONVAI_STATUS_FAILED, reason, 0);
 	convai_metrics_call_failed_early();
 	return 0;
 }
@@ -676,11 +717,9 @@ static void call_run_loop(struct convai_call *c)
 	convai_session_submit(c->sess);
 	call_loop(c);
 
-	if (c->status == CALL_HANGUP || ast_check_hangup(c->chan)) {
-		call_set_end(c, CALL_HANGUP, "caller_hangup");
-	}
 	/* Tell Python the call is over (a no-op if it already knows), then let go. */
-	call_notify_python(c, CONVAI_CMD_HANGUP, "");
+	call_send_hangup(c, c->reason == CONVAI_REASON_SHUTDOWN ? CONVAI_REASON_SHUTDOWN
+		: CONVAI_REASON_CALLER_HANGUP);
 	AST_RWLIST_WRLOCK(&live_calls);
 	AST_RWLIST_REMOVE(&live_calls, c, list);
 	AST_RWLIST_UNLOCK(&live_calls);

@@ -259,8 +259,9 @@ static int cli_show_call_detail(struct convai_call *c, void *arg)
 	ast_cli(fd, "Duration:         %.1f s (max_duration %d s)\n",
 		ast_tvdiff_ms(ast_tvnow(), c->start) / 1000.0, c->agent->max_duration);
 	ast_cli(fd, "Audio in/out:     %s / %s\n", S_OR(c->in_format, "-"), S_OR(c->out_format, "-"));
-	ast_cli(fd, "State:            %s%s\n", c->playing ? "agent speaking" : "listening",
-		c->draining ? ", ending (playing out)" : "");
+	ast_cli(fd, "State:            %s%s%s\n", c->playing ? "agent speaking" : "listening",
+		c->phase == CALL_TALKING ? "" : ", ", c->phase == CALL_TALKING ? ""
+		: convai_call_phase_name(c->phase));
 	ast_cli(fd, "Queued audio:     %u ms (ring %u, backlog %" PRIu64 " frames)\n",
 		(unsigned) (convai_ring_count(s->down) + convai_stat_get(s, CONVAI_STAT_BACKLOG_FRAMES)) * 20,
 		convai_ring_count(s->down), convai_stat_get(s, CONVAI_STAT_BACKLOG_FRAMES));

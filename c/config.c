@@ -27,8 +27,6 @@
 #endif
 
 #define BUFFER_MS_DEFAULT 240
-#define BUFFER_MS_MIN 20
-#define BUFFER_MS_MAX 2000
 #define MAX_DURATION_DEFAULT 3600
 
 static AO2_GLOBAL_OBJ_STATIC(global_config);
@@ -435,7 +433,7 @@ static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const
 	} else if (!strcasecmp(v->name, "elevenlabs_send_caller_number")) {
 		return parse_bool(v, cat, &a->send_caller_number);
 	} else if (!strcasecmp(v->name, "elevenlabs_audio_frames_buffer_ms")) {
-		if (parse_int(v, cat, BUFFER_MS_MIN, BUFFER_MS_MAX, &a->buffer_ms)) {
+		if (parse_int(v, cat, CONVAI_BUFFER_MS_MIN, CONVAI_BUFFER_MS_MAX, &a->buffer_ms)) {
 			return -1;
 		}
 		if (a->buffer_ms % 20) {

@@ -169,10 +169,29 @@ void convai_session_release(struct convai_session *s);
 
 /* --- call.c --------------------------------------------------------------------------------- */
 
-enum call_status { CALL_RUNNING, CALL_COMPLETED, CALL_HANGUP, CALL_FAILED, CALL_TRANSFER };
+/*!
+ * \brief The phases of a call, on the channel's thread. call.c's call_enter() is the only
+ * place they change, and it allows only these moves:
+ *
+ *   CONNECTING --STARTED--> TALKING --END with play_out, max_duration--> DRAINING --played out--> DONE
+ *   CONNECTING, TALKING --hangup, failure, END without play_out, start timeout, a warm
+ *                          transfer answered--> DONE
+ *   DRAINING --hangup, 30 s cap--> DONE
+ *
+ * The outcome (status, reason) is fixed on entering DRAINING or DONE. A transfer under way
+ * (transfer.c) does not change the phase: it ends the call through these moves (status
+ * TRANSFER). A phase of its own would slot in after TALKING, with a row in phase_moves.
+ */
+enum call_phase {
+	CALL_CONNECTING,   /* waiting for Python's STARTED: signed URL, WebSocket, metadata */
+	CALL_TALKING,      /* media both ways */
+	CALL_DRAINING,     /* the conversation is over; the agent's last words play out */
+	CALL_DONE,         /* the loop leaves; the outcome is final */
+	CALL_PHASE_MAX
+};
 
-/*! \brief "RUNNING", "COMPLETED", "HANGUP", "FAILED", "TRANSFER" */
-const char *convai_status_name(enum call_status status);
+/*! \brief "connecting", "talking", "ending (playing out)", "done" */
+const char *convai_call_phase_name(enum call_phase phase);
 
 /*! \brief One conversation, owned by the channel's thread; the CLI reads it under the list lock. */
 struct convai_call {
@@ -181,22 +200,20 @@ struct convai_call {
 	struct convai_agent *agent;
 	struct timeval start;
 	int tfd;
-	int started;
-	int draining;
+	enum call_phase phase;
+	enum convai_status status;  /* the outcome, once DRAINING or DONE */
+	enum convai_reason reason;
 	struct timeval drain_start;
-	enum call_status status;
-	char reason[64];
-	enum call_status final_status;  /* what END said, applied once drained */
-	char final_reason[64];
-	char conversation_id[96];
-	char in_format[16];
-	char out_format[16];
+	char conversation_id[CONVAI_ID_BYTES];
+	const char *in_format;      /* names from convai_format(), NULL until TALKING */
+	const char *out_format;
 	struct ast_format *write_fmt;
 	struct ast_format *read_fmt;
 	uint32_t frame_bytes;       /* agent audio, per 20 ms */
 	uint32_t frame_samples;
 	uint32_t up_frame_bytes;    /* caller audio, per 20 ms */
-	int playing;
+	unsigned char up_silence;   /* the byte of silent caller audio */
+	int playing;                /* media, not lifecycle: the agent's audio is under way */
 	int prebuffer_ticks;
 	uint32_t seen_below;
 	uint32_t last_played_id;
@@ -205,7 +222,7 @@ struct convai_call {
 	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop: the
 	                             * session's down_efd, shared with Python's commands */
 	ast_mutex_t inbox_lock;     /* serialises the AMI threads that push into inbox */
-	struct convai_ring *inbox;  /* tool results from AMI, for Python, via this thread */
+	struct convai_ring *inbox;  /* command records from other threads, for Python, via this one */
 	struct convai_transfer *xfer;   /* the transfer under way (transfer.c), or NULL */
 	int transfer_res;           /* the app's return value after a transfer */
 	char dtmf_out[72];          /* digits the agent is sending, and where we are in them */
@@ -234,36 +251,28 @@ void convai_call_run(struct convai_call *c);
 void convai_call_destroy(struct convai_call *c);
 
 /*! \brief The call never reached the agent: result variables, an End event. Returns 0. */
-int convai_fail_early(struct ast_channel *chan, const char *agent, const char *reason);
+int convai_fail_early(struct ast_channel *chan, const char *agent, enum convai_reason reason);
 
 /*! \brief Call \a cb for each live call under the list's read lock until it returns nonzero. */
 int convai_calls_foreach(int (*cb)(struct convai_call *c, void *arg), void *arg);
 
 /*!
- * \brief Queue a command for Python from any thread (the AMI action): the call's own thread
- * forwards it, so the command ring keeps its single producer.
- * \retval 0 queued, -1 out of memory
+ * \brief Queue a command record for Python from any thread (the AMI action): the call's own
+ * thread forwards it, so the command ring keeps its single producer.
+ * \retval 0 queued, -1 the inbox is full
  */
-int convai_call_post(struct convai_call *c, uint32_t type, const char *text);
+int convai_call_post(struct convai_call *c, uint32_t type, const void *rec, uint32_t len);
 
-/*! \brief Tell Python (from the call's thread). */
-void convai_call_notify(struct convai_call *c, int type, const char *text);
+/*! \brief Send Python a command record (from the call's thread). */
+void convai_call_send(struct convai_call *c, uint32_t type, const void *rec, uint32_t len);
 
 /*! \brief Set or clear the call's transfer under the list lock (the CLI reads it). */
 void convai_call_set_transfer(struct convai_call *c, struct convai_transfer *x);
 
 /* --- transfer.c ----------------------------------------------------------------------------- */
 
-/*! \brief How a transfer is going, as the caller's thread sees it. */
-enum convai_xfer_state {
-	CONVAI_XFER_ACCEPTED,    /* blind: leaving once the agent's words have played out */
-	CONVAI_XFER_DIALING,     /* warm: the target is being called */
-	CONVAI_XFER_RINGING,
-	CONVAI_XFER_ANSWERED,    /* warm: the bridge follows */
-	CONVAI_XFER_FAILED,
-};
-
-/*! \brief "accepted", "dialing", "ringing", "answered", "failed" */
+/*! \brief "accepted", "dialing", "ringing", "answered", "failed" (enum convai_xfer_state is
+ * in convai_shared.h: Python hears it). */
 const char *convai_xfer_state_name(enum convai_xfer_state state);
 
 /*!
@@ -292,15 +301,38 @@ void convai_transfer_describe(struct convai_call *c, char *buf, size_t len);
 
 /* --- events.c ------------------------------------------------------------------------------- */
 
-/*! \brief An ElevenLabsConvAI* manager event with the common fields, then \a body. */
-void convai_event_emit(struct ast_channel *chan, const char *agent, const char *agent_id,
-	const char *conversation_id, const char *event, const char *body);
+/*!
+ * \brief Copy \a src (at most \a size - 1 bytes) into \a dst, control characters (CR, LF, tab,
+ * ...) replaced by spaces: what Python or the network sent becomes safe for a channel
+ * variable, a log line or an AMI header. Returns \a dst.
+ */
+char *convai_clean(char *dst, const char *src, size_t size);
 
-/*! \brief The same for a live call. */
+/*!
+ * \brief An ElevenLabsConvAI* event for a live call: the common fields (cleaned), then \a body,
+ * which the caller builds in C from typed, cleaned values (it is not cleaned again).
+ */
 void convai_call_event(struct convai_call *c, const char *event, const char *body);
 
+/*! \brief ElevenLabsConvAISystemTool, every field cleaned. */
+void convai_event_system_tool(struct convai_call *c, const struct convai_cmd_system_tool *cmd);
+
+/*! \brief ElevenLabsConvAIStart, once the call is TALKING. */
+void convai_event_start(struct convai_call *c);
+
+/*! \brief ElevenLabsConvAIInterruption. */
+void convai_event_interruption(struct convai_call *c, uint32_t event_id);
+
+/*! \brief ElevenLabsConvAIToolCall, every field cleaned. */
+void convai_event_tool_call(struct convai_call *c, const struct convai_cmd_tool_call *cmd);
+
 /*! \brief ElevenLabsConvAIStats: the call's media counters and histograms. */
-void convai_call_event_stats(struct convai_call *c);
+void convai_event_stats(struct convai_call *c);
+
+/*! \brief ElevenLabsConvAIEnd; also for a call that never reached the agent (\a secs 0). */
+void convai_event_end(struct ast_channel *chan, const char *agent, const char *agent_id,
+	const char *conversation_id, enum convai_status status, enum convai_reason reason,
+	double secs);
 
 /*! \brief The ElevenLabsConvAIToolResult manager action. */
 int convai_manager_register(void);

@@ -18,39 +18,276 @@
 
 #include "convai_ring.h"
 
-/* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
-#define CONVAI_ABI_VERSION 2
+/* Everything between a "cffi: begin" and the next "cffi: end" is plain C that
+ * python/convai/_native_build.py feeds to cffi's cdef as it stands: one declaration for both
+ * languages, checked by the compiler (API mode). Only integer literals, enums and plain
+ * structs in there. */
+/* --- cffi: begin --- */
 
-#define CONVAI_HOST_MAGIC 0x434f4e56u    /* "CONV" */
-#define CONVAI_SESSION_MAGIC 0x53455353u /* "SESS" */
+/* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
+#define CONVAI_ABI_VERSION 4
+
+#define CONVAI_HOST_MAGIC 0x434f4e56    /* "CONV" */
+#define CONVAI_SESSION_MAGIC 0x53455353 /* "SESS": checked by Python when it takes a session */
 
 /* Largest 20 ms frame: pcm_16000 is 640 bytes. */
-#define CONVAI_FRAME_MAX 640u
-/* Down ring: 10.24 s of agent audio; Python keeps any excess in its own backlog. */
-#define CONVAI_DOWN_SLOTS 512u
+#define CONVAI_FRAME_MAX 640
+/* Down ring: 10.24 s of agent audio; Python keeps any excess in its own bounded backlog. */
+#define CONVAI_DOWN_SLOTS 512
 /* Up ring: 2.56 s of caller audio. */
-#define CONVAI_UP_SLOTS 128u
-/* Command queues. */
-#define CONVAI_CMD_SLOTS 64u
-#define CONVAI_CMD_BYTES 1000u
+#define CONVAI_UP_SLOTS 128
+/* Command queues: slots of one command record each (see below). */
+#define CONVAI_CMD_SLOTS 64
+#define CONVAI_CMD_BYTES 1000
 
-/* Commands, carried in the event id of a command slot. Payloads are UTF-8 text. */
-enum convai_cmd_type {
-	/* Python -> C */
-	CONVAI_CMD_STARTED = 1,   /* "conversation_id\tinput_format\toutput_format" */
-	CONVAI_CMD_END = 2,       /* "STATUS\treason\tdetail": drain the down ring, then leave;
-	                           * STATUS TRANSFER: then carry out the accepted transfer */
-	CONVAI_CMD_EVENT = 3,     /* "Event: Name\r\nKey: value\r\n...": AMI event for this channel */
-	CONVAI_CMD_SETVAR = 4,    /* "NAME=value": channel variable */
-	CONVAI_CMD_FLUSH = 5,     /* stop the agent's audio now (no payload) */
-	CONVAI_CMD_TRANSFER = 6,  /* "tool_call_id\ttarget name": the agent's transfer tool */
-	CONVAI_CMD_SEND_DTMF = 7, /* "digits": 0-9 * # w W, sent on the channel */
-	/* C -> Python */
-	CONVAI_CMD_DTMF = 101,    /* the digit, one character */
-	CONVAI_CMD_HANGUP = 102,  /* the caller hung up; no payload */
-	CONVAI_CMD_TRANSFER_STATE = 103, /* "tool_call_id\tstate\tdetail" (convai_xfer_state) */
-	CONVAI_CMD_TOOL_RESULT = 104,    /* "tool_call_id\tis_error 0|1\tresult": from AMI */
+/* elevenlabs_audio_frames_buffer_ms: caller audio per WebSocket message, a multiple of 20. */
+#define CONVAI_BUFFER_MS_MIN 20
+#define CONVAI_BUFFER_MS_MAX 2000
+
+/* An id the server chooses (conversation, tool call) or a tool name, NUL included:
+ * protocol.ID_PATTERN allows 128 characters. */
+#define CONVAI_ID_BYTES 129
+/* A tool call's parameters as JSON, cut to fit, NUL included. */
+#define CONVAI_PARAMS_BYTES 600
+/* A transfer target's name, digits the agent sends, a transfer state's detail, an AMI tool
+ * result: NUL included. */
+#define CONVAI_TARGET_BYTES 32
+#define CONVAI_DIGITS_BYTES 72
+#define CONVAI_DETAIL_BYTES 128
+#define CONVAI_RESULT_BYTES 840
+/* A channel variable set for the dialplan (name and value), NUL included. */
+#define CONVAI_VAR_NAME_BYTES 64
+#define CONVAI_VAR_VALUE_BYTES 257
+
+/* Formats the app thread can run the channel in, as the agent's metadata asks
+ * (convai_format() below gives each one's name, rate, frame size and silence byte). */
+enum convai_format {
+	CONVAI_FMT_NONE = 0,
+	CONVAI_FMT_ULAW_8000 = 1,    /* μ-law, passed through untouched */
+	CONVAI_FMT_PCM_8000 = 2,     /* slin */
+	CONVAI_FMT_PCM_16000 = 3,    /* slin16 */
+	CONVAI_FMT_MAX
 };
+
+struct convai_format_info {
+	const char *name;            /* as ConvAI spells it */
+	uint32_t sample_rate;
+	uint32_t frame_bytes;        /* one 20 ms frame */
+	uint32_t silence;            /* the byte a silent frame is filled with */
+};
+
+/* ELEVENLABS_STATUS. */
+enum convai_status {
+	CONVAI_STATUS_RUNNING = 0,
+	CONVAI_STATUS_COMPLETED = 1,
+	CONVAI_STATUS_HANGUP = 2,
+	CONVAI_STATUS_FAILED = 3,
+	CONVAI_STATUS_TRANSFER = 4,    /* a transfer tool handed the caller on */
+	CONVAI_STATUS_MAX
+};
+
+/* ELEVENLABS_END_REASON (convai_reason_name() spells them; protocol.EndReason must match,
+ * which tests/unit/test_c_contract.py checks). */
+enum convai_reason {
+	CONVAI_REASON_NONE = 0,
+	CONVAI_REASON_COMPLETED,
+	CONVAI_REASON_AGENT_ENDED_CALL,
+	CONVAI_REASON_MAX_DURATION,
+	CONVAI_REASON_TIMEOUT,
+	CONVAI_REASON_POLICY_VIOLATION,
+	CONVAI_REASON_SERVER_ERROR,
+	CONVAI_REASON_NETWORK_LOSS,
+	CONVAI_REASON_CALLER_HANGUP,
+	CONVAI_REASON_SIGNED_URL_FAILED,
+	CONVAI_REASON_CONNECT_FAILED,
+	CONVAI_REASON_UNSUPPORTED_FORMAT,
+	CONVAI_REASON_UNKNOWN_AGENT,
+	CONVAI_REASON_RUNTIME_UNAVAILABLE,
+	CONVAI_REASON_START_TIMEOUT,
+	CONVAI_REASON_SHUTDOWN,
+	CONVAI_REASON_MESSAGE_TOO_BIG,
+	CONVAI_REASON_TRANSFER,
+	CONVAI_REASON_MAX
+};
+
+/*
+ * Commands. Each is one fixed record in one slot of a command ring, its type in the slot's
+ * event id and its length exactly sizeof the record (convai_cmd_size() says which). Strings
+ * are NUL-terminated UTF-8; the receiver terminates them again and never trusts them: C
+ * strips control characters before a value reaches a channel variable, a log line or AMI.
+ *
+ * Adding a command: a type here, its record struct named after it (CONVAI_CMD_FOO ->
+ * struct convai_cmd_foo), a case in convai_cmd_size(), a handler in c/call.c's table
+ * (Python -> C) or in host.py's CallBridge._on_command (C -> Python), and the encoder call
+ * on the sending side. tests/unit/test_c_contract.py checks the naming and the sizes.
+ */
+enum convai_cmd_type {
+	/* Python -> C: 1..99 */
+	CONVAI_CMD_STARTED = 1,        /* the conversation started: set the formats, start playout */
+	CONVAI_CMD_END = 2,            /* it ended: play out the down ring if asked, then leave */
+	CONVAI_CMD_INTERRUPTION = 3,   /* the caller interrupted: raise ElevenLabsConvAIInterruption */
+	CONVAI_CMD_TOOL_CALL = 4,      /* a client tool call: raise ElevenLabsConvAIToolCall */
+	CONVAI_CMD_SETVAR = 5,         /* set an ELEVENLABS_* channel variable */
+	CONVAI_CMD_TRANSFER = 6,       /* the agent's transfer tool: a target by its name */
+	CONVAI_CMD_SEND_DTMF = 7,      /* digits for the channel (0-9 * # w W), on the 20 ms ticks */
+	CONVAI_CMD_SYSTEM_TOOL = 8,    /* a system tool ran: raise ElevenLabsConvAISystemTool */
+	/* C -> Python: 101.. */
+	CONVAI_CMD_DTMF = 101,         /* the caller pressed a key */
+	CONVAI_CMD_HANGUP = 102,       /* the call is over on the channel side (reason says why) */
+	CONVAI_CMD_TRANSFER_STATE = 103, /* how a transfer is going */
+	CONVAI_CMD_TOOL_RESULT = 104,  /* ElevenLabsConvAIToolResult from AMI, for an ami tool */
+};
+
+/* How a transfer is going, as the caller's thread sees it (TRANSFER_STATE). */
+enum convai_xfer_state {
+	CONVAI_XFER_ACCEPTED,          /* blind: leaving once the agent's words have played out */
+	CONVAI_XFER_DIALING,           /* warm: the target is being called */
+	CONVAI_XFER_RINGING,
+	CONVAI_XFER_ANSWERED,          /* warm: the bridge follows */
+	CONVAI_XFER_FAILED,
+};
+
+struct convai_cmd_started {
+	uint32_t in_format;            /* enum convai_format */
+	uint32_t out_format;
+	char conversation_id[CONVAI_ID_BYTES];
+};
+
+struct convai_cmd_end {
+	uint32_t status;               /* enum convai_status, never RUNNING */
+	uint32_t reason;               /* enum convai_reason */
+	uint32_t play_out;             /* 1: play what the ring holds first, whatever the status */
+};
+
+struct convai_cmd_interruption {
+	uint32_t event_id;             /* the ring's new watermark (already raised) */
+};
+
+struct convai_cmd_tool_call {
+	char tool_name[CONVAI_ID_BYTES];
+	char tool_call_id[CONVAI_ID_BYTES];
+	char parameters[CONVAI_PARAMS_BYTES];
+	char handler[16];              /* who answers it: module, ami or none */
+};
+
+struct convai_cmd_setvar {
+	char name[CONVAI_VAR_NAME_BYTES];   /* must start with ELEVENLABS_ */
+	char value[CONVAI_VAR_VALUE_BYTES];
+};
+
+struct convai_cmd_transfer {
+	char tool_call_id[CONVAI_ID_BYTES];
+	char target[CONVAI_TARGET_BYTES];   /* a transfer_target name; C looks it up */
+};
+
+struct convai_cmd_send_dtmf {
+	char digits[CONVAI_DIGITS_BYTES];
+};
+
+struct convai_cmd_system_tool {
+	char tool_name[CONVAI_ID_BYTES];
+	char tool_call_id[CONVAI_ID_BYTES];
+	uint32_t is_error;
+};
+
+struct convai_cmd_transfer_state {
+	char tool_call_id[CONVAI_ID_BYTES];
+	uint32_t state;                /* enum convai_xfer_state */
+	char detail[CONVAI_DETAIL_BYTES];
+};
+
+struct convai_cmd_tool_result {
+	char tool_call_id[CONVAI_ID_BYTES];
+	uint32_t is_error;
+	char result[CONVAI_RESULT_BYTES];
+};
+
+struct convai_cmd_dtmf {
+	char digit;
+};
+
+struct convai_cmd_hangup {
+	uint32_t reason;               /* CALLER_HANGUP, MAX_DURATION or SHUTDOWN */
+};
+
+/* --- cffi: end --- */
+
+/*! \brief The record size of a command type, 0 for an unknown type. */
+static inline uint32_t convai_cmd_size(uint32_t type)
+{
+	switch (type) {
+	case CONVAI_CMD_STARTED: return sizeof(struct convai_cmd_started);
+	case CONVAI_CMD_END: return sizeof(struct convai_cmd_end);
+	case CONVAI_CMD_INTERRUPTION: return sizeof(struct convai_cmd_interruption);
+	case CONVAI_CMD_TOOL_CALL: return sizeof(struct convai_cmd_tool_call);
+	case CONVAI_CMD_SETVAR: return sizeof(struct convai_cmd_setvar);
+	case CONVAI_CMD_TRANSFER: return sizeof(struct convai_cmd_transfer);
+	case CONVAI_CMD_SEND_DTMF: return sizeof(struct convai_cmd_send_dtmf);
+	case CONVAI_CMD_SYSTEM_TOOL: return sizeof(struct convai_cmd_system_tool);
+	case CONVAI_CMD_TRANSFER_STATE: return sizeof(struct convai_cmd_transfer_state);
+	case CONVAI_CMD_TOOL_RESULT: return sizeof(struct convai_cmd_tool_result);
+	case CONVAI_CMD_DTMF: return sizeof(struct convai_cmd_dtmf);
+	case CONVAI_CMD_HANGUP: return sizeof(struct convai_cmd_hangup);
+	}
+	return 0;
+}
+
+_Static_assert(sizeof(struct convai_cmd_tool_call) <= CONVAI_CMD_BYTES, "a command fits a slot");
+_Static_assert(sizeof(struct convai_cmd_setvar) <= CONVAI_CMD_BYTES, "a command fits a slot");
+_Static_assert(sizeof(struct convai_cmd_tool_result) <= CONVAI_CMD_BYTES, "a command fits a slot");
+
+/*! \brief A format's facts, or NULL for CONVAI_FMT_NONE and unknown values. */
+static inline const struct convai_format_info *convai_format(int fmt)
+{
+	static const struct convai_format_info table[CONVAI_FMT_MAX] = {
+		[CONVAI_FMT_ULAW_8000] = { "ulaw_8000", 8000, 160, 0xff },
+		[CONVAI_FMT_PCM_8000] = { "pcm_8000", 8000, 320, 0 },
+		[CONVAI_FMT_PCM_16000] = { "pcm_16000", 16000, 640, 0 },
+	};
+
+	return fmt > CONVAI_FMT_NONE && fmt < CONVAI_FMT_MAX ? &table[fmt] : NULL;
+}
+
+/*! \brief "COMPLETED", "HANGUP", ...; "" for an unknown value. */
+static inline const char *convai_status_name(int status)
+{
+	static const char *const names[CONVAI_STATUS_MAX] = {
+		[CONVAI_STATUS_RUNNING] = "RUNNING", [CONVAI_STATUS_COMPLETED] = "COMPLETED",
+		[CONVAI_STATUS_HANGUP] = "HANGUP", [CONVAI_STATUS_FAILED] = "FAILED",
+		[CONVAI_STATUS_TRANSFER] = "TRANSFER",
+	};
+
+	return status >= 0 && status < CONVAI_STATUS_MAX ? names[status] : "";
+}
+
+/*! \brief "completed", "caller_hangup", ...; "" for NONE and unknown values. */
+static inline const char *convai_reason_name(int reason)
+{
+	static const char *const names[CONVAI_REASON_MAX] = {
+		[CONVAI_REASON_NONE] = "",
+		[CONVAI_REASON_COMPLETED] = "completed",
+		[CONVAI_REASON_AGENT_ENDED_CALL] = "agent_ended_call",
+		[CONVAI_REASON_MAX_DURATION] = "max_duration",
+		[CONVAI_REASON_TIMEOUT] = "timeout",
+		[CONVAI_REASON_POLICY_VIOLATION] = "policy_violation",
+		[CONVAI_REASON_SERVER_ERROR] = "server_error",
+		[CONVAI_REASON_NETWORK_LOSS] = "network_loss",
+		[CONVAI_REASON_CALLER_HANGUP] = "caller_hangup",
+		[CONVAI_REASON_SIGNED_URL_FAILED] = "signed_url_failed",
+		[CONVAI_REASON_CONNECT_FAILED] = "connect_failed",
+		[CONVAI_REASON_UNSUPPORTED_FORMAT] = "unsupported_format",
+		[CONVAI_REASON_UNKNOWN_AGENT] = "unknown_agent",
+		[CONVAI_REASON_RUNTIME_UNAVAILABLE] = "runtime_unavailable",
+		[CONVAI_REASON_START_TIMEOUT] = "start_timeout",
+		[CONVAI_REASON_SHUTDOWN] = "shutdown",
+		[CONVAI_REASON_MESSAGE_TOO_BIG] = "message_too_big",
+		[CONVAI_REASON_TRANSFER] = "transfer",
+	};
+
+	return reason > 0 && reason < CONVAI_REASON_MAX ? names[reason] : "";
+}
+
+/* --- cffi: begin --- */
 
 /* Live counters. Python writes the ones it owns, C the others; both may read any. */
 enum convai_stat {
@@ -66,6 +303,7 @@ enum convai_stat {
 	CONVAI_STAT_FRAMES_UP,           /* C: caller frames queued */
 	CONVAI_STAT_UP_OVERFLOWS,        /* C: caller frames lost because Python fell behind */
 	CONVAI_STAT_INTERRUPT_STAMP,     /* Python: µs stamp of the last interruption's arrival */
+	CONVAI_STAT_BACKLOG_DROPPED,     /* Python: agent frames dropped over the backlog's ceiling */
 	CONVAI_STAT_MAX
 };
 
@@ -81,6 +319,8 @@ enum convai_hist {
 	CONVAI_HIST_MAX
 };
 #define CONVAI_HIST_BUCKETS 213
+
+/* --- cffi: end --- */
 
 static inline int convai_hist_bucket(uint64_t us)
 {
@@ -104,14 +344,6 @@ static inline uint64_t convai_hist_upper(int b)
 	}
 	return 20000 + (uint64_t) (b - 175) * 5000;
 }
-
-/* Formats the app thread can run the channel in, as the agent's metadata asks. */
-enum convai_format {
-	CONVAI_FMT_NONE = 0,
-	CONVAI_FMT_ULAW = 1,      /* ulaw_8000: 160 bytes per 20 ms, passed through untouched */
-	CONVAI_FMT_SLIN = 2,      /* pcm_8000: 320 bytes */
-	CONVAI_FMT_SLIN16 = 3,    /* pcm_16000: 640 bytes */
-};
 
 struct convai_session {
 	uint32_t magic;
@@ -144,6 +376,8 @@ struct convai_session {
 	struct convai_session *next_pending;
 };
 
+/* --- cffi: begin --- */
+
 /* Levels Python passes to host->log(); they are Asterisk's __LOG_* values. */
 enum convai_log_level {
 	CONVAI_LOG_DEBUG = 0,
@@ -152,6 +386,8 @@ enum convai_log_level {
 	CONVAI_LOG_ERROR = 4,
 	CONVAI_LOG_VERBOSE = 5,
 };
+
+/* --- cffi: end --- */
 
 struct convai_host {
 	uint32_t magic;

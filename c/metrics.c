@@ -27,8 +27,9 @@
 #pragma weak prometheus_callback_unregister
 #pragma weak prometheus_metric_to_string
 
-#define STATUS_MAX 4
-static const char *status_names[STATUS_MAX] = { "COMPLETED", "HANGUP", "FAILED", "TRANSFER" };
+/* The final statuses, as labels: COMPLETED, HANGUP, FAILED (enum convai_status from 1). */
+#define STATUS_FIRST CONVAI_STATUS_COMPLETED
+#define STATUS_MAX (CONVAI_STATUS_MAX - STATUS_FIRST)
 static const char *transfer_results[CONVAI_TRANSFER_RESULT_MAX] = {
 	[CONVAI_TRANSFER_BLIND] = "blind", [CONVAI_TRANSFER_REFER] = "refer",
 	[CONVAI_TRANSFER_ANSWERED] = "answered", [CONVAI_TRANSFER_FAILED] = "failed",
@@ -57,16 +58,14 @@ void convai_metrics_call_started(void)
 	atomic_fetch_add(&m.active, 1);
 }
 
-void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint64_t underruns,
+void convai_metrics_call_ended(int status, uint64_t interruptions, uint64_t underruns,
 	const uint32_t *first_frame)
 {
-	int s, b;
+	int b;
 
 	atomic_fetch_sub(&m.active, 1);
-	for (s = 0; s < STATUS_MAX; s++) {
-		if (!strcmp(status, status_names[s])) {
-			atomic_fetch_add(&m.calls[s], 1);
-		}
+	if (status >= STATUS_FIRST && status < CONVAI_STATUS_MAX) {
+		atomic_fetch_add(&m.calls[status - STATUS_FIRST], 1);
 	}
 	atomic_fetch_add(&m.interruptions, interruptions);
 	atomic_fetch_add(&m.underruns, underruns);
@@ -91,7 +90,7 @@ void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint6
  */
 void convai_metrics_call_failed_early(void)
 {
-	atomic_fetch_add(&m.calls[2], 1);   /* FAILED */
+	atomic_fetch_add(&m.calls[CONVAI_STATUS_FAILED - STATUS_FIRST], 1);
 }
 
 void convai_metrics_transfer(enum convai_transfer_result result)
@@ -145,6 +144,7 @@ static void render_first_audio(struct ast_str **out)
 static void metrics_render(struct ast_str **out)
 {
 	uint64_t v[STATUS_MAX];
+	const char *status_names[STATUS_MAX];
 	int s;
 
 	v[0] = (uint64_t) MAX(atomic_load(&m.active), 0);
@@ -152,6 +152,7 @@ static void metrics_render(struct ast_str **out)
 		"Conversations under way.", NULL, NULL, v, 1);
 	for (s = 0; s < STATUS_MAX; s++) {
 		v[s] = atomic_load(&m.calls[s]);
+		status_names[s] = convai_status_name(s + STATUS_FIRST);
 	}
 	render_family(out, PROMETHEUS_METRIC_COUNTER, "asterisk_elevenlabs_calls_total",
 		"Conversations ended, by final status.", "status", status_names, v, STATUS_MAX);

@@ -18,10 +18,10 @@ void convai_metrics_call_started(void);
 
 /*!
  * \brief Account for a finished call.
- * \param status COMPLETED, HANGUP, FAILED or TRANSFER
+ * \param status CONVAI_STATUS_COMPLETED, _HANGUP, _FAILED or _TRANSFER
  * \param first_frame the call's first-frame latency histogram (CONVAI_HIST_BUCKETS buckets)
  */
-void convai_metrics_call_ended(const char *status, uint64_t interruptions, uint64_t underruns,
+void convai_metrics_call_ended(int status, uint64_t interruptions, uint64_t underruns,
 	const uint32_t *first_frame);
 
 /*! \brief A call that failed before its conversation could start (unknown agent, ...). */

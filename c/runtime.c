@@ -56,13 +56,22 @@ static void session_free(struct convai_session *s)
 	ast_free(s->down);
 	ast_free(s->to_c);
 	ast_free(s->to_py);
+	s->magic = 0;   /* so a late use is more likely to show as a bad magic than as garbage */
 	ast_free(s);
 }
 
 /* Called by the app thread and, through host.release_session, by Python. */
 void convai_session_release(struct convai_session *s)
 {
-	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+	if (!s) {
+		return;
+	}
+	if (s->magic != CONVAI_SESSION_MAGIC) {
+		ast_log(LOG_ERROR, LOG_PREFIX "session %p released with a bad magic %#x; leaked\n",
+			(void *) s, s->magic);
+		return;
+	}
+	if (atomic_fetch_sub(&s->refs, 1) == 1) {
 		session_free(s);
 	}
 }

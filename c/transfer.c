@@ -91,14 +91,15 @@ static void xfer_event(struct convai_call *c, struct convai_transfer *x, const c
 	convai_call_event(c, name, body);
 }
 
-/* Python hears every state once: "tool_call_id\tstate\tdetail". */
+/* Python hears every state once. */
 static void xfer_report(struct convai_call *c, const char *tool_call_id,
 	enum convai_xfer_state state, const char *detail)
 {
-	char text[CONVAI_CMD_BYTES];
+	struct convai_cmd_transfer_state cmd = { .state = state };
 
-	snprintf(text, sizeof(text), "%s\t%s\t%s", tool_call_id, state_names[state], S_OR(detail, ""));
-	convai_call_notify(c, CONVAI_CMD_TRANSFER_STATE, text);
+	ast_copy_string(cmd.tool_call_id, tool_call_id, sizeof(cmd.tool_call_id));
+	ast_copy_string(cmd.detail, S_OR(detail, ""), sizeof(cmd.detail));
+	convai_call_send(c, CONVAI_CMD_TRANSFER_STATE, &cmd, sizeof(cmd));
 }
 
 static void xfer_refuse(struct convai_call *c, const char *tool_call_id, const char *target,
@@ -377,7 +378,7 @@ void convai_transfer_request(struct convai_call *c, const char *tool_call_id, co
 		xfer_refuse(c, tool_call_id, target, "a transfer is already under way");
 	} else if (!t) {
 		xfer_refuse(c, tool_call_id, target, "no such transfer target");
-	} else if (c->draining) {
+	} else if (c->phase != CALL_TALKING) {
 		xfer_refuse(c, tool_call_id, target, "the call is ending");
 	} else if (t->mode == CONVAI_XFER_BLIND) {
 		blind_request(c, t, tool_call_id);
@@ -457,7 +458,7 @@ void convai_transfer_finish(struct convai_call *c)
 	if (!x) {
 		return;
 	}
-	if (c->status == CALL_TRANSFER) {
+	if (c->status == CONVAI_STATUS_TRANSFER) {
 		pbx_builtin_setvar_helper(c->chan, "ELEVENLABS_TRANSFER_TARGET", x->target->name);
 		if (x->target->mode == CONVAI_XFER_BLIND) {
 			blind_finish(c, x);

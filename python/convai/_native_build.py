@@ -1,38 +1,36 @@
 """cffi builder (API mode, out of line) for ``convai._native``.
 
-The extension is compiled against the very header the Asterisk module uses, so every
-offset below is checked by the C compiler; the ``...;`` in each struct lets it decide the
-layout (padding, alignment, the C11 atomics we keep out of the cdef).
+The extension is compiled against the very header the Asterisk module uses. Its plain-C part
+(between ``cffi: begin`` and ``cffi: end``: constants, enums, command records) *is* the cdef,
+so the contract is written once; the rest below is checked by the C compiler, and the
+``...;`` in each struct lets it decide the layout (padding, the C11 atomics we keep out).
 
 Usage: python3 _native_build.py OUTPUT.c
 """
 
 import sys
+from pathlib import Path
 
 from cffi import FFI
 
-CDEF = """
-#define CONVAI_ABI_VERSION ...
-#define CONVAI_HOST_MAGIC ...
-#define CONVAI_SESSION_MAGIC ...
-#define CONVAI_FRAME_MAX ...
-#define CONVAI_DOWN_SLOTS ...
-#define CONVAI_UP_SLOTS ...
-#define CONVAI_CMD_SLOTS ...
-#define CONVAI_CMD_BYTES ...
+HEADER = Path(__file__).resolve().parents[2] / "c" / "convai_shared.h"
+BEGIN, END = "/* --- cffi: begin --- */", "/* --- cffi: end --- */"
 
-static const int CONVAI_CMD_STARTED, CONVAI_CMD_END, CONVAI_CMD_EVENT, CONVAI_CMD_SETVAR,
-    CONVAI_CMD_FLUSH, CONVAI_CMD_TRANSFER, CONVAI_CMD_SEND_DTMF, CONVAI_CMD_DTMF,
-    CONVAI_CMD_HANGUP, CONVAI_CMD_TRANSFER_STATE, CONVAI_CMD_TOOL_RESULT;
-static const int CONVAI_STAT_BYTES_UP, CONVAI_STAT_BYTES_DOWN, CONVAI_STAT_LAST_EVENT_ID,
-    CONVAI_STAT_INTERRUPTIONS, CONVAI_STAT_PING_RTT_US, CONVAI_STAT_BACKLOG_FRAMES,
-    CONVAI_STAT_FRAMES_PLAYED, CONVAI_STAT_UNDERRUNS, CONVAI_STAT_LATE_TICKS,
-    CONVAI_STAT_FRAMES_UP, CONVAI_STAT_UP_OVERFLOWS, CONVAI_STAT_INTERRUPT_STAMP, CONVAI_STAT_MAX;
-static const int CONVAI_HIST_PLAYOUT, CONVAI_HIST_FIRST_FRAME, CONVAI_HIST_BARGE_IN,
-    CONVAI_HIST_UPLINK, CONVAI_HIST_MAX, CONVAI_HIST_BUCKETS;
-static const int CONVAI_LOG_DEBUG, CONVAI_LOG_NOTICE, CONVAI_LOG_WARNING, CONVAI_LOG_ERROR,
-    CONVAI_LOG_VERBOSE;
 
+def shared_block(header: Path = HEADER) -> str:
+    """The plain-C parts of convai_shared.h (constants, enums, command records, the format
+    record), given to cffi as they stand: the contract is declared once, in C."""
+    parts = header.read_text(encoding="utf-8").split(BEGIN)[1:]
+    if not parts or any(END not in p for p in parts):
+        raise SystemExit(f"{header}: unbalanced '{BEGIN}' / '{END}' markers")
+    return "\n".join(p.split(END, 1)[0] for p in parts)
+
+
+# What cffi cannot read from the header (C11 atomics, inline functions): partial structs
+# (``...;``: the compiler fills in the layout) and the inline functions' prototypes, each
+# checked against the header by the compiler when the extension is built.
+# tests/unit/test_c_contract.py checks every prototype here against the header's definition.
+CDEF_REST = """
 struct convai_ring { uint32_t nslots; uint32_t slot_bytes; ...; };
 
 struct convai_session {
@@ -96,13 +94,18 @@ int convai_hist_bucket(uint64_t us);
 uint64_t convai_hist_upper(int b);
 int convai_host_stopping(struct convai_host *h);
 int convai_host_take_stall(struct convai_host *h);
+
+uint32_t convai_cmd_size(uint32_t type);
+const struct convai_format_info *convai_format(int fmt);
+const char *convai_status_name(int status);
+const char *convai_reason_name(int reason);
 """
 
 
 def make_ffi(**kwargs: object) -> FFI:
     """The FFI for ``convai._native``; kwargs go to set_source (include_dirs, ...)."""
     ffi = FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(shared_block() + CDEF_REST)
     ffi.set_source("convai._native", '#include "convai_shared.h"', **kwargs)
     return ffi
 

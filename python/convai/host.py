@@ -26,6 +26,7 @@ import asyncio.sslproto
 import collections
 import contextlib
 import contextvars
+import enum
 import json
 import logging
 import os
@@ -36,21 +37,26 @@ from typing import Any
 
 import aiohttp
 
-from convai import protocol, tools
+from convai import contract, protocol, tools
+from convai.lifecycle import Status
 from convai.playout import Framer
-from convai.session import AgentConfig, CallInfo, Session, SessionResult, Started
+from convai.protocol import EndReason
+from convai.session import AgentConfig, CallInfo, Session, Started
 from convai.tools import Telephony, TransferTarget
 
 from ._native import ffi, lib  # type: ignore[import-not-found]
 
 log = logging.getLogger("convai")
 
-# Formats the app thread can run a channel in (see convai_shared.h, enum convai_format).
-SUPPORTED_FORMATS = ("ulaw_8000", "pcm_8000", "pcm_16000")
 # The last partial frame of an utterance is padded and queued after this much quiet.
 TAIL_FLUSH_S = 0.08
 # While frames wait for ring space, look again this often (the ring holds 10 s).
 TOP_UP_S = 0.5
+# Agent audio a call may hold beyond the ring (10.24 s): with it, at most 70 s are queued, or
+# 2.7 MB at pcm_16000 (1.2 MB at ulaw_8000). The service sends faster than real time, but
+# no reply needs more; a flood beyond is dropped, counted and logged (docs/ARCHITECTURE.md).
+BACKLOG_MAX_S = 60
+BACKLOG_MAX_FRAMES = BACKLOG_MAX_S * 50
 # asyncio's TLS transport allocates and zero-fills a 256 KiB read buffer per connection
 # (asyncio.sslproto.SSLProtocol.max_size); OpenSSL hands over at most one record, 16 KiB of
 # plaintext, per read, so that is all a read needs. 240 KB less per wss:// call (bench/sessmem.py).
@@ -179,6 +185,30 @@ def call_info_from(sess: Any) -> CallInfo:
     )
 
 
+class Phase(enum.Enum):
+    """A bridge's phases; :meth:`CallBridge._enter` is the only place they change.
+
+    CONNECTING --STARTED sent--> TALKING --the session ended--> ENDING --END sent--> DONE
+    any phase --C said the channel has gone--> DONE
+
+    In ENDING the agent's last words still move from the backlog into the ring; in DONE
+    nothing more goes to C. The end is decided once, in :meth:`CallBridge._run`.
+    """
+
+    CONNECTING = 1
+    TALKING = 2
+    ENDING = 3
+    DONE = 4
+
+
+_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.CONNECTING: frozenset({Phase.TALKING, Phase.ENDING, Phase.DONE}),
+    Phase.TALKING: frozenset({Phase.ENDING, Phase.DONE}),
+    Phase.ENDING: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+
 class CallBridge:
     """One call: the C session on one side, the ConvAI session on the other."""
 
@@ -199,23 +229,35 @@ class CallBridge:
             tools=self.telephony.registry,
             http=runtime.http(),
             log=log,
-            supported_formats=SUPPORTED_FORMATS,
+            supported_formats=tuple(contract.FORMATS),
         )
+        self.phase = Phase.CONNECTING
         self.framer: Framer | None = None
+        # Agent audio waiting for ring space: (ring event id, arrival stamp, frame).
         self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
-        # (event id, cumulative frame count after the chunk): what is still queued in C.
-        self.queued: collections.deque[tuple[int, int]] = collections.deque()
+        self.backlog_max = BACKLOG_MAX_FRAMES
+        self.dropped = 0  # frames refused over the ceiling (CONVAI_STAT_BACKLOG_DROPPED)
+        # (event id, frames pushed once its chunk was in): the chunks still in the ring, for
+        # the interruption's debug line; pruned as C plays them, so at most the ring's worth.
+        self.in_ring: collections.deque[tuple[int, int]] = collections.deque()
         self.frames_pushed = 0
-        self.c_gone = False
-        self.ended = False
         # One chunk per pop (see _on_up), so one chunk's room, not the whole ring's.
         self._up_buf = ffi.new("uint8_t[]", lib.CONVAI_FRAME_MAX * max(1, sess.up_batch_frames))
-        self._cmd_buf = ffi.new("uint8_t[]", lib.CONVAI_CMD_BYTES)
+        self._cmd_buf = ffi.new("uint32_t[]", lib.CONVAI_CMD_BYTES // 4 + 1)  # aligned records
         self._cmd_type = ffi.new("uint32_t *")
         self._stamp = ffi.new("uint32_t *")
         self._tail_timer: asyncio.TimerHandle | None = None
         self._top_up: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+
+    # --- phases ----------------------------------------------------------------------------
+    def _enter(self, to: Phase) -> bool:
+        """The one place the phase changes; False (and nothing changes) for a move the
+        current phase does not allow."""
+        if to not in _MOVES[self.phase]:
+            return False
+        self.phase = to
+        return True
 
     # --- C side ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,50 +267,25 @@ class CallBridge:
         self.task = self.rt.loop.create_task(self._run(), context=ctx)
 
     def _guard(self, fn: Callable[[], None]) -> None:
+        """Runs a loop callback: an exception ends this call (FAILED), never the runtime."""
         token = _callid.set(self.callid)
         try:
             fn()
         except Exception:
             log.exception("%s: internal error; ending this call", self.channel)
-            self._send_end("FAILED", "server_error", "internal error in the Python runtime")
-            self.session.hangup()
+            self.session.end(EndReason.SERVER_ERROR, "internal error in the Python runtime")
         finally:
             _callid.reset(token)
 
-    def _command(self, kind: int, text: str) -> None:
-        if self.c_gone:
+    def _send(self, kind: int, **fields: object) -> None:
+        """One command to the channel thread, as its typed record (convai_shared.h)."""
+        if self.phase is Phase.DONE:
             return
-        data = text.encode("utf-8", errors="replace")[: lib.CONVAI_CMD_BYTES]
-        if lib.convai_ring_push(self.sess.to_c, kind, data, len(data)) != 0:
+        rec = contract.encode(kind, **fields)
+        if lib.convai_ring_push(self.sess.to_c, kind, rec, ffi.sizeof(rec[0])) != 0:
             log.error("%s: command queue to Asterisk is full; command %d lost", self.channel, kind)
             return
         os.eventfd_write(self.sess.down_efd, 1)
-
-    def _fields(self, n: int, count: int) -> list[str]:
-        text = bytes(ffi.buffer(self._cmd_buf, n)).decode("utf-8", errors="replace")
-        parts = text.split("\t", count - 1)
-        return parts + [""] * (count - len(parts))
-
-    # --- CallPort: what the tools ask of the channel thread ------------------------------------
-    def transfer(self, tool_call_id: str, target: TransferTarget) -> None:
-        self._command(lib.CONVAI_CMD_TRANSFER, f"{tool_call_id}\t{target.name}")
-
-    def send_dtmf(self, digits: str) -> None:
-        self._command(lib.CONVAI_CMD_SEND_DTMF, digits)
-
-    def set_variable(self, name: str, value: str) -> None:
-        self._command(lib.CONVAI_CMD_SETVAR, f"{name}={value}")
-
-    def end_conversation(self, reason: str, detail: str) -> None:
-        self.session.end(protocol.EndReason(reason), detail)
-
-    def tell_agent(self, text: str) -> None:
-        self.session.send_contextual_update(text)
-
-    def _send_end(self, status: str, reason: str, detail: str, play_out: bool = False) -> None:
-        if not self.ended:
-            self.ended = True
-            self._command(lib.CONVAI_CMD_END, f"{status}\t{reason}\t{detail}\t{int(play_out)}")
 
     def _on_up(self) -> None:
         _eventfd_drain(self.sess.up_efd)
@@ -277,23 +294,7 @@ class CallBridge:
                 self.sess.to_py, self._cmd_type, self._cmd_buf, lib.CONVAI_CMD_BYTES
             )
         ) >= 0:
-            kind = self._cmd_type[0]
-            if kind == lib.CONVAI_CMD_DTMF:
-                self.session.send_dtmf(bytes(ffi.buffer(self._cmd_buf, n)).decode())
-            elif kind == lib.CONVAI_CMD_TRANSFER_STATE:
-                call_id, state, detail = self._fields(n, 3)
-                self.telephony.on_transfer_state(call_id, state, detail)
-            elif kind == lib.CONVAI_CMD_TOOL_RESULT:
-                call_id, is_error, result = self._fields(n, 3)
-                if not self.telephony.on_tool_result(call_id, result, is_error == "1"):
-                    log.warning(
-                        "%s: ElevenLabsConvAIToolResult for %r, which no ami tool call awaits",
-                        self.tag,
-                        tools.clean_text(call_id, 64),
-                    )
-            elif kind == lib.CONVAI_CMD_HANGUP:
-                self.c_gone = True
-                self.session.hangup()
+            self._on_command(int(self._cmd_type[0]), n)
         # One pop per chunk, so each chunk's wait (its last frame queued -> handed over) is
         # sampled, also when several piled up while the loop was busy.
         batch = max(1, int(self.sess.up_batch_frames))
@@ -305,38 +306,105 @@ class CallBridge:
                 lib.CONVAI_HIST_UPLINK,
                 (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF,
             )
-            if not self.c_gone:
+            if self.phase is not Phase.DONE:
                 self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
+
+    def _on_command(self, kind: int, n: int) -> None:
+        """A command from the channel thread (C -> Python types of convai_shared.h)."""
+        rec = contract.decode(kind, self._cmd_buf, n)
+        if rec is None:
+            log.warning("%s: ignoring command %d of %d bytes from Asterisk", self.channel, kind, n)
+        elif kind == lib.CONVAI_CMD_DTMF:
+            self.session.send_dtmf(rec.digit.decode("ascii", errors="replace"))
+        elif kind == lib.CONVAI_CMD_HANGUP:
+            self._on_hangup(rec.reason)
+        elif kind == lib.CONVAI_CMD_TRANSFER_STATE:
+            state = contract.XFER_STATES.get(rec.state, "failed")
+            self.telephony.on_transfer_state(
+                contract.text(rec.tool_call_id), state, contract.text(rec.detail)
+            )
+        elif kind == lib.CONVAI_CMD_TOOL_RESULT:
+            call_id = contract.text(rec.tool_call_id)
+            if not self.telephony.on_tool_result(
+                call_id, contract.text(rec.result), bool(rec.is_error)
+            ):
+                log.warning(
+                    "%s: ElevenLabsConvAIToolResult for %r, which no ami tool call awaits",
+                    self.tag,
+                    tools.clean_text(call_id, 64),
+                )
+
+    def _on_hangup(self, reason: int) -> None:
+        if reason == lib.CONVAI_REASON_MAX_DURATION:
+            # C plays out what the ring holds and ignores our END: just close the socket.
+            self.session.end(EndReason.MAX_DURATION, "max_duration reached")
+            return
+        self._enter(Phase.DONE)  # the channel has gone: nothing more goes to C
+        if reason == lib.CONVAI_REASON_SHUTDOWN:
+            self.session.shutdown()
+        else:
+            self.session.hangup()
 
     # --- agent audio toward the caller --------------------------------------------------------
     def _push(self, frames: list[tuple[int, bytes]]) -> None:
         ring = self.sess.down
-        frames = [f for f in frames if not lib.convai_ring_stale(ring, f[0])]
+        if self.phase is Phase.DONE:
+            return
+        frames = [f for f in frames if not lib.convai_ring_stale(ring, contract.ring_id(f[0]))]
         if not frames:
             return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
         stamp = lib.convai_now_us()
-        self.backlog.extend((ev, stamp, frame) for ev, frame in frames)
+        self.backlog.extend((contract.ring_id(ev), stamp, frame) for ev, frame in frames)
         self._drain_backlog()
 
+    def _drop_excess(self) -> None:
+        """A flood beyond the backlog's ceiling: its newest frames are refused, counted and
+        logged (once per call)."""
+        excess = len(self.backlog) - self.backlog_max
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self.backlog.pop()
+        if not self.dropped:
+            log.warning(
+                "%s: the agent sent more audio than the %d s the call may queue; "
+                "dropping the excess (counted in the Stats event as BacklogDropped)",
+                self.tag,
+                BACKLOG_MAX_S,
+            )
+        self.dropped += excess
+        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_DROPPED, self.dropped)
+
     def _drain_backlog(self) -> None:
+        """Moves what fits from the backlog into the ring; stale frames (below the ring's
+        watermark) are skipped, as the channel thread would skip them."""
         ring = self.sess.down
-        chunk_id, count = -1, 0
+        self._prune_in_ring()
         while self.backlog:
             event_id, stamp, frame = self.backlog[0]
-            if lib.convai_ring_push_stamped(ring, event_id, stamp, frame, len(frame)) != 0:
-                break
+            if not lib.convai_ring_stale(ring, event_id):
+                if lib.convai_ring_push_stamped(ring, event_id, stamp, frame, len(frame)) != 0:
+                    break
+                self.frames_pushed += 1
+                if self.in_ring and self.in_ring[-1][0] == event_id:
+                    self.in_ring[-1] = (event_id, self.frames_pushed)
+                else:
+                    self.in_ring.append((event_id, self.frames_pushed))
             self.backlog.popleft()
-            self.frames_pushed += 1
-            if event_id != chunk_id and count:
-                self.queued.append((chunk_id, self.frames_pushed - 1))
-            chunk_id, count = event_id, count + 1
-        if count:
-            self.queued.append((chunk_id, self.frames_pushed))
+        self._drop_excess()
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
-        if self.backlog and self._top_up is None and not self.c_gone:
+        if self.backlog and self._top_up is None and self.phase is not Phase.DONE:
             self._top_up = self.rt.loop.call_later(TOP_UP_S, self._guard, self._on_top_up)
+
+    def _prune_in_ring(self) -> None:
+        consumed = int(
+            lib.convai_stat_get(self.sess, lib.CONVAI_STAT_FRAMES_PLAYED)
+            + lib.convai_ring_skipped(self.sess.down)
+        )
+        while self.in_ring and self.in_ring[0][1] <= consumed:
+            self.in_ring.popleft()
 
     def _on_top_up(self) -> None:
         self._top_up = None
@@ -347,26 +415,23 @@ class CallBridge:
         if self.framer:
             self._push(self.framer.flush())
 
-    def _consumed(self) -> int:
-        return int(
-            lib.convai_stat_get(self.sess, lib.CONVAI_STAT_FRAMES_PLAYED)
-            + lib.convai_ring_skipped(self.sess.down)
-        )
-
     # --- SessionHandler ------------------------------------------------------------------------
     def on_started(self, started: Started) -> None:
-        # The session has already refused formats outside SUPPORTED_FORMATS.
-        fmt = protocol.AUDIO_FORMATS[started.output_format]
-        self.framer = Framer(fmt.frame_bytes, fmt.silence_byte)
-        self._command(
+        # The session has already refused formats outside contract.FORMATS.
+        out = contract.FORMATS[started.output_format]
+        self.framer = Framer(out.frame_bytes, out.silence)
+        self._send(
             lib.CONVAI_CMD_STARTED,
-            f"{started.conversation_id}\t{started.input_format}\t{started.output_format}",
+            in_format=contract.FORMATS[started.input_format].code,
+            out_format=out.code,
+            conversation_id=started.conversation_id,
         )
+        self._enter(Phase.TALKING)
 
     def on_audio(self, event_id: int, audio: bytes) -> None:
-        if self.framer is None or self.ended:
+        if self.framer is None or self.phase is not Phase.TALKING:
             return
-        if lib.convai_ring_stale(self.sess.down, event_id):
+        if lib.convai_ring_stale(self.sess.down, contract.ring_id(event_id)):
             # Late stale audio is never framed, so it cannot pad the reply's frames.
             log.debug(
                 "%s: dropping late audio chunk with event_id=%d (older than the last"
@@ -386,18 +451,18 @@ class CallBridge:
             else None
         )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_DOWN, self.session.bytes_down)
-        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, event_id)
+        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_LAST_EVENT_ID, contract.ring_id(event_id))
 
     def on_interruption(self, event_id: int) -> None:
+        ring, below = self.sess.down, contract.ring_id(event_id)
         # The stamp first: the watermark's release store publishes it to the app thread.
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPT_STAMP, lib.convai_now_us())
-        lib.convai_ring_drop_below(self.sess.down, event_id)
-        consumed = self._consumed()
-        while self.queued and self.queued[0][1] <= consumed:
-            self.queued.popleft()
-        ring = self.sess.down
-        removed = [ev for ev, _ in self.queued if lib.convai_ring_stale(ring, ev)]
-        remaining = len(self.queued) - len(removed)
+        lib.convai_ring_drop_below(ring, below)
+        # The ring is the authority: what it calls stale goes (a stale partial frame in the
+        # framer goes when it is pushed).
+        self._prune_in_ring()
+        removed = [ev for ev, _ in self.in_ring if lib.convai_ring_stale(ring, ev)]
+        remaining = len(self.in_ring) - len(removed)
         removed += sorted({ev for ev, _, _ in self.backlog if lib.convai_ring_stale(ring, ev)})
         self.backlog = collections.deque(
             f for f in self.backlog if not lib.convai_ring_stale(ring, f[0])
@@ -407,9 +472,7 @@ class CallBridge:
         if log.isEnabledFor(logging.DEBUG):
             for line in protocol.format_interruption(event_id, removed, remaining):
                 log.debug("%s: %s", self.tag, line)
-        self._command(
-            lib.CONVAI_CMD_EVENT, f"ElevenLabsConvAIInterruption\r\nEventID: {event_id}\r\n"
-        )
+        self._send(lib.CONVAI_CMD_INTERRUPTION, event_id=below)
 
     def on_event(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.AgentResponseComplete) and self.framer:
@@ -419,58 +482,84 @@ class CallBridge:
                 self.sess, lib.CONVAI_STAT_PING_RTT_US, int(self.session.ping_rtt_ms * 1000)
             )
         elif isinstance(event, protocol.ClientToolCall):
-            # Every field from the server goes through clean_text: no CR/LF, so no header
-            # can be injected into the AMI event.
-            params = json.dumps(event.parameters, separators=(",", ":"), ensure_ascii=True)
-            handler = self.telephony.handler_kind(event.tool_name)
-            self._command(
-                lib.CONVAI_CMD_EVENT,
-                "ElevenLabsConvAIToolCall\r\n"
-                f"ToolName: {tools.clean_text(event.tool_name, 64)}\r\n"
-                f"ToolCallID: {tools.clean_text(event.tool_call_id, 128)}\r\n"
-                f"Parameters: {tools.clean_text(params, 600)}\r\nHandler: {handler}\r\n",
+            # C cleans every field again before it reaches the AMI event.
+            self._send(
+                lib.CONVAI_CMD_TOOL_CALL,
+                tool_name=event.tool_name,
+                tool_call_id=event.tool_call_id,
+                parameters=json.dumps(event.parameters, separators=(",", ":"), ensure_ascii=True),
+                handler=self.telephony.handler_kind(event.tool_name),
             )
         elif isinstance(event, protocol.AgentToolResponse) and not event.full_payload:
             self.telephony.on_system_tool(event)
             if event.tool_name in tools.SYSTEM_TOOLS:
-                self._command(
-                    lib.CONVAI_CMD_EVENT,
-                    "ElevenLabsConvAISystemTool\r\n"
-                    f"ToolName: {event.tool_name}\r\n"
-                    f"ToolCallID: {tools.clean_text(event.tool_call_id, 128)}\r\n"
-                    f"IsError: {'true' if event.is_error else 'false'}\r\n",
+                self._send(
+                    lib.CONVAI_CMD_SYSTEM_TOOL,
+                    tool_name=event.tool_name,
+                    tool_call_id=event.tool_call_id,
+                    is_error=int(bool(event.is_error)),
                 )
+
+    # --- CallPort: what the tools ask of the channel thread ------------------------------------
+    def transfer(self, tool_call_id: str, target: TransferTarget) -> None:
+        self._send(lib.CONVAI_CMD_TRANSFER, tool_call_id=tool_call_id, target=target.name)
+
+    def send_dtmf(self, digits: str) -> None:
+        self._send(lib.CONVAI_CMD_SEND_DTMF, digits=digits)
+
+    def set_variable(self, name: str, value: str) -> None:
+        """``ELEVENLABS_<...>`` on the channel (C refuses any other name)."""
+        self._send(lib.CONVAI_CMD_SETVAR, name=name, value=value)
+
+    def end_conversation(self, reason: str, detail: str) -> None:
+        self.session.end(protocol.EndReason(reason), detail)
+
+    def tell_agent(self, text: str) -> None:
+        self.session.send_contextual_update(text)
 
     # --- lifetime -------------------------------------------------------------------------------
     async def _run(self) -> None:
-        result: SessionResult | None = None
+        """The conversation, then its end: decided here, once, whatever happened before."""
+        status, reason, play_out = Status.FAILED, EndReason.SERVER_ERROR, False
         try:
             result = await self.session.run()
+            # The session decided whether the agent's last words play (lifecycle.py).
+            status, reason, play_out = result.status, result.reason, result.play_out
+            self._enter(Phase.ENDING)
+            if play_out:
+                await self._play_out()
         except asyncio.CancelledError:
-            self._send_end("FAILED", protocol.EndReason.SHUTDOWN.value, "Asterisk is shutting down")
+            status, reason, play_out = Status.FAILED, EndReason.SHUTDOWN, False
         except Exception:
             log.exception("%s: internal error in the ConvAI session", self.channel)
-            self._send_end("FAILED", "server_error", "internal error in the Python runtime")
-        try:
-            if result is not None:
-                await self._finish(result)
         finally:
-            self._close()
+            self._end(status, reason, play_out)
 
-    async def _finish(self, result: SessionResult) -> None:
-        # The session decided whether the agent's last words play (lifecycle.py, the one place:
-        # yes after a normal end, a transfer or a network loss, which issue 11 (4) asks for and
-        # test_tcp_reset_plays_out_the_received_audio_then_fails pins; no after a server error,
-        # as test_server_errors_mid_call_set_failed pins). Then all of them must reach the
-        # ring before C is told to drain and leave. Do not second-guess it here.
-        if result.play_out:
-            if self.framer:
-                self._push(self.framer.flush())
-            while self.backlog and not self.c_gone:
-                await asyncio.sleep(TOP_UP_S)
-                self._drain_backlog()
-        detail = result.detail.replace("\t", " ").replace("\n", " ")
-        self._send_end(result.status, result.reason.value, detail, result.play_out)
+    async def _play_out(self) -> None:
+        """Everything the agent said reaches the ring before C is told to play it out and
+        leave. Bounded: the backlog holds at most BACKLOG_MAX_S and C plays 1 s per second."""
+        if self.framer:
+            self._push(self.framer.flush())
+        while self.backlog and self.phase is not Phase.DONE:
+            await asyncio.sleep(TOP_UP_S)
+            self._drain_backlog()
+
+    def _end(self, status: str, reason: EndReason, play_out: bool) -> None:
+        """END to C (unless it has gone) and the bridge's resources freed. Never raises:
+        whatever failed before, the channel thread must hear of the end."""
+        try:
+            self._send(
+                lib.CONVAI_CMD_END,
+                status=contract.STATUSES.get(status, lib.CONVAI_STATUS_FAILED),
+                reason=contract.REASONS.get(reason.value, lib.CONVAI_REASON_SERVER_ERROR),
+                play_out=int(play_out),
+            )
+        except Exception:
+            log.exception("%s: cannot send the end of the call to Asterisk", self.channel)
+            _send_end_raw(self.sess)
+        finally:
+            self._enter(Phase.DONE)
+            self._close()
 
     def _close(self) -> None:
         self.telephony.close()
@@ -480,9 +569,20 @@ class CallBridge:
         self.rt.loop.remove_reader(self.sess.up_efd)
         self.rt.bridges.discard(self)
         self.backlog.clear()
+        self.in_ring.clear()
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, 0)
         sess, self.sess = self.sess, None
         _host.release_session(sess)
+
+
+def _send_end_raw(sess: Any) -> None:
+    """FAILED/server_error straight into the command ring: the last resort of an end."""
+    rec = ffi.new(
+        "struct convai_cmd_end *",
+        {"status": lib.CONVAI_STATUS_FAILED, "reason": lib.CONVAI_REASON_SERVER_ERROR},
+    )
+    if lib.convai_ring_push(sess.to_c, lib.CONVAI_CMD_END, rec, ffi.sizeof(rec[0])) == 0:
+        os.eventfd_write(sess.down_efd, 1)
 
 
 class Runtime:
@@ -525,13 +625,14 @@ class Runtime:
             self._start_call(sess)
 
     def _start_call(self, sess: Any) -> None:
+        if sess.magic != lib.CONVAI_SESSION_MAGIC:
+            log.error("a call's session block is corrupt (magic %#x); ignoring it", sess.magic)
+            return
         try:
             bridge = CallBridge(self, sess)
         except Exception:
             log.exception("cannot start a conversation on %s", _cstr(sess.channel))
-            text = b"FAILED\tserver_error\tinternal error in the Python runtime"
-            lib.convai_ring_push(sess.to_c, lib.CONVAI_CMD_END, text, len(text))
-            os.eventfd_write(sess.down_efd, 1)
+            _send_end_raw(sess)
             self.host.release_session(sess)
             return
         self.bridges.add(bridge)

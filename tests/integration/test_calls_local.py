@@ -593,6 +593,29 @@ def test_twenty_concurrent_calls_complete(
     assert not ast.errors(), ast.errors()
 
 
+def test_core_stop_now_ends_live_calls_as_shutdown_with_1001(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """`core stop now` hangs up every channel: a live call ends FAILED/shutdown (not as a
+    caller's hangup) and the agent sees 1001 (going away), as docs/ARCHITECTURE.md says."""
+    sim = simulator(Scenario())  # a 5.6 s greeting
+    ast = _asterisk(convai_asterisk, {"sim": agent(sim)}, DIALPLAN)
+    mark = ast.log_mark()
+    with AmiEvents(ast) as ami:
+        _call(ast)
+        ami.wait("ElevenLabsConvAIStart", timeout=15)
+        rec = _conversation(sim)
+        wait_until(lambda: rec.sent_audio, 10, "greeting audio")
+    with contextlib.suppress(Exception):  # the CLI connection goes with Asterisk
+        ast.cli("core stop now", timeout=5)
+    assert ast.stop(timeout=10), "Asterisk had to be killed"
+    wait_until(lambda: rec.client_close_code is not None or rec.done, 5, "client close")
+    assert rec.client_close_code == 1001, (rec.client_close_code, rec.client_close_reason)
+    log = ast.log_text()[mark:]
+    assert re.search(r"failed: shutdown after", log), log[-3000:]
+    assert "ended: HANGUP (caller_hangup)" not in log
+
+
 def test_ulaw_agent_audio_is_bit_exact_over_local_channels(
     simulator: SimMaker, convai_asterisk: AsteriskMaker, tmp_path: Path
 ) -> None:

@@ -38,7 +38,8 @@ def test_metrics_are_exported_when_res_prometheus_is_loaded(
             ),
         },
     )
-    assert "Prometheus metrics registered" in ast.log_text()
+    # Asterisk writes its log on a thread of its own: wait for the line, do not race it.
+    ast.wait_for_log(r"Prometheus metrics registered", timeout=10)
     before = scrape(port)
     assert value(before, "asterisk_elevenlabs_active_calls") == 0
     assert value(before, 'asterisk_elevenlabs_calls_total{status="COMPLETED"}') == 0
