@@ -118,6 +118,7 @@ class RtpCall:
         user: str = "sipp",
         local_host: str = "127.0.0.1",
         fill_silence: bool = True,
+        accept_refer: bool = False,
     ) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}")
@@ -128,6 +129,9 @@ class RtpCall:
         self.user = user
         self.local_host = local_host
         self.fill_silence = fill_silence
+        # REFER (Asterisk transferring us): answered 202 and, when accepted, a NOTIFY 200.
+        self.accept_refer = accept_refer
+        self.refers: list[str] = []  # the Refer-To of each REFER received
 
         self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sip.bind((local_host, 0))
@@ -177,7 +181,16 @@ class RtpCall:
     def _send_sip(self, text: str) -> None:
         self.sip.sendto(text.encode(), self.remote)
 
-    def _request(self, method: str, uri: str, cseq: int, to: str, body: str = "") -> str:
+    def _request(
+        self,
+        method: str,
+        uri: str,
+        cseq: int,
+        to: str,
+        body: str = "",
+        content_type: str = "application/sdp",
+        extra: tuple[str, ...] = (),
+    ) -> str:
         lh, lp = self.local_host, self.sip_local_port
         lines = [
             f"{method} {uri} SIP/2.0",
@@ -189,9 +202,10 @@ class RtpCall:
             f"CSeq: {cseq} {method}",
             f"Contact: <sip:{self.user}@{lh}:{lp}>",
             "User-Agent: convai-rtpcall",
+            *extra,
         ]
         if body:
-            lines.append("Content-Type: application/sdp")
+            lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(body.encode())}")
         return "\r\n".join(lines) + "\r\n\r\n" + body
 
@@ -235,6 +249,8 @@ class RtpCall:
                 self.ended.set()
             elif method == "INVITE":  # re-INVITE: keep our offer
                 self._reply(headers, "200 OK", self._sdp())
+            elif method == "REFER":
+                self._on_refer(headers)
             elif method in ("OPTIONS", "INFO", "UPDATE", "NOTIFY"):
                 self._reply(headers, "200 OK")
             elif method == "CANCEL":
@@ -242,6 +258,26 @@ class RtpCall:
                 self.ended.set()
             elif method != "ACK":
                 self._reply(headers, "501 Not Implemented")
+
+    def _on_refer(self, headers: dict[str, str]) -> None:
+        """A blind transfer of this call: 202, then (accept_refer) a NOTIFY saying the new call
+        succeeded, as a phone that placed it would (RFC 3515). The UA places no new call."""
+        self.refers.append(headers.get("refer-to", headers.get("r", "")))
+        if not self.accept_refer:
+            self._reply(headers, "603 Declined")
+            return
+        self._reply(headers, "202 Accepted")
+        self.cseq += 1
+        notify = self._request(
+            "NOTIFY",
+            self.remote_target,
+            self.cseq,
+            self.to_header,
+            "SIP/2.0 200 OK\r\n",
+            content_type="message/sipfrag;version=2.0",
+            extra=("Event: refer", "Subscription-State: terminated;reason=noresource"),
+        )
+        self._send_sip(notify)
 
     def _wait_response(self, method: str, timeout: float) -> tuple[str, dict[str, str], str]:
         deadline = time.monotonic() + timeout

@@ -13,15 +13,18 @@ import math
 import re
 import struct
 import time
+import wave
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from asterisk import Asterisk
 from calls_util import (
     REALTIME,
     AmiEvents,
     arrival_wall,
     log_time,
+    prompt,
     rtp_stream,
     sent_utterances,
     sim_event_time,
@@ -56,6 +59,11 @@ exten => h,1,Verbose(1,RESULT status=${ELEVENLABS_STATUS} reason=${ELEVENLABS_EN
 target=${ELEVENLABS_TRANSFER_TARGET} account=${ELEVENLABS_VAR_account} \
 reason_var=${ELEVENLABS_VAR_reason})
 
+exten => 110,1,Answer()
+ same => n,MixMonitor(${RECDIR}/mix.wav,r(${RECDIR}/caller.wav)t(${RECDIR}/agent.wav))
+ same => n,ElevenLabsConvAI(sim)
+ same => n,Hangup()
+
 [targets]
 exten => sales,1,Verbose(1,TARGET sales status=${ELEVENLABS_STATUS} \
 target=${ELEVENLABS_TRANSFER_TARGET})
@@ -72,6 +80,29 @@ exten => noanswer,1,Ringing()
  same => n,Verbose(1,TARGET ringing)
  same => n,Wait(60)
 exten => busy,1,Busy(5)
+
+; Outbound: the called party (what a trunk would reach) and the dialplan the originate enters.
+[callee]
+; A Local channel sends no frames while it waits, and AMD counts silence in frames: the
+; person's silence is played (silence/N), as a phone line would carry it.
+exten => human,1,Answer()
+ same => n,Playback(silence/1&hello&silence/3)
+ same => n,Wait(30)
+exten => machine,1,Answer()
+ same => n,Playback(demo-congrats)
+ same => n,Wait(30)
+exten => noanswer,1,Wait(30)
+exten => busy,1,Busy(5)
+
+[outbound]
+exten => s,1,AMD()
+ same => n,Verbose(1,AMD status=${AMDSTATUS} cause=${AMDCAUSE})
+ same => n,GotoIf($["${AMDSTATUS}" = "MACHINE"]?vm)
+ same => n,ElevenLabsConvAI(sim)
+ same => n,Hangup()
+ same => n(vm),Playback(${TONE})
+ same => n,Verbose(1,VOICEMAIL DROP played)
+ same => n,Hangup()
 """
 
 
@@ -141,6 +172,7 @@ def _result(ast: Asterisk, timeout: float = 30) -> dict[str, str]:
 # --- blind ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.sip
 def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -189,6 +221,34 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
         f"{tts_tail_ms:.0f} ms"
     )
     assert gap_ms <= 200, gap_ms
+
+
+def test_blind_transfer_of_a_sip_caller_with_refer(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """A target with refer=: the PJSIP caller gets a SIP REFER to the configured URI (not to
+    anything the agent said), accepts it, and Asterisk hangs up its leg."""
+    call = {
+        "tool_name": "transfer_call",
+        "parameters": {"destination": "frontdesk"},
+        "expects_response": False,
+        "say_before": "Transferring you to the front desk.",
+    }
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": "frontdesk: blind, targets,sales,1, refer=sip:frontdesk@127.0.0.1:5999",
+    }
+    sim = simulator(_scenario([call]))
+    ast, _ = _asterisk(convai_asterisk, sim, tools, more_modules=["res_pjsip_refer"])
+    with AmiEvents(ast) as ami, RtpCall(ast.sip_port, "100", accept_refer=True) as rtp:
+        answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+        assert rtp.wait_bye(10), "Asterisk hangs up its leg after the REFER"
+    result = _result(ast)
+    assert rtp.refers and "sip:frontdesk@127.0.0.1:5999" in rtp.refers[0], rtp.refers
+    assert answered["Mode"] == "refer" and answered["Target"] == "frontdesk", answered
+    assert (result["status"], result["target"]) == ("TRANSFER", "frontdesk"), result
+    assert "TARGET sales" not in ast.log_text()  # the dialplan fallback was not needed
+    assert sim.conversations[0].client_close_code == 1000
 
 
 def test_unknown_target_is_an_error_and_the_call_goes_on(
@@ -310,6 +370,7 @@ def _dtmf_digits(rtp: RtpCall) -> list[tuple[str, float]]:
     return out
 
 
+@pytest.mark.sip
 def test_dtmf_out_reaches_the_sip_far_end(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -480,3 +541,130 @@ def test_tool_config_errors_name_file_line_section_key(
             key,
             what,
         )
+
+
+# --- outbound ------------------------------------------------------------------------------------
+
+
+def test_outbound_originate_with_amd_human_machine_no_answer_busy(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """AMI Originate places the call; on answer AMD() decides: a person ("hello", then
+    silence) talks to the agent, which gets the called number as {{called_number}}; an
+    answering machine (a long greeting) gets the voicemail drop and no conversation. No answer
+    and busy fail the originate: the app never runs."""
+    sim = simulator(Scenario(end_keyword=None))
+    ast, _ = _asterisk(
+        convai_asterisk,
+        sim,
+        {"dynamic_variable": "called_number=${CALLED}"},
+        more_modules=["app_amd"],
+        configs={"amd.conf": "[general]\n"},  # app_amd's defaults (it refuses to load without)
+    )
+
+    def originate(ami_: Any, callee: str, number: str, timeout_ms: int = 10000) -> None:
+        r = ami_.action(
+            "Originate",
+            Channel=f"Local/{callee}@callee",
+            Context="outbound",
+            Exten="s",
+            Priority="1",
+            Variable=f"CALLED={number}",
+            Timeout=str(timeout_ms),
+            Async="true",
+        )
+        assert r["Response"] == "Success", r
+
+    with AmiEvents(ast) as ami, ast.ami(events=False) as client:
+        originate(client, "human", "15551230199")
+        m = ast.wait_for_log(r"app_verbose\.c: AMD status=(\S+) cause=(\S*)", timeout=20)
+        assert m.group(1) == "HUMAN", m.group(0)
+        rec = _conversation(sim)
+        wait_until(lambda: bool(rec.sent_audio), 10, "the agent's greeting")
+        ast.cli("channel request hangup all")
+        mark = ast.log_mark()
+        originate(client, "machine", "15551230200")
+        m = ast.wait_for_log(
+            r"app_verbose\.c: AMD status=(\S+) cause=(\S*)", since=mark, timeout=20
+        )
+        assert m.group(1) == "MACHINE", m.group(0)
+        ast.wait_for_log(r"VOICEMAIL DROP played", since=mark, timeout=10)
+        originate(client, "noanswer", "15551230201", timeout_ms=2000)
+        originate(client, "busy", "15551230202")
+        responses = ami.wait("OriginateResponse", count=4, timeout=20)
+    init = rec.init or {}
+    assert init.get("dynamic_variables", {}).get("called_number") == "15551230199", init
+    assert len(sim.conversations) == 1, "only the person talked to the agent"
+    by_channel = {r["Channel"].split(";")[0].split("-")[0]: r for r in responses}
+    assert by_channel["Local/noanswer@callee"]["Response"] == "Failure", by_channel
+    assert by_channel["Local/busy@callee"]["Response"] == "Failure", by_channel
+    print({k: (v["Response"], v.get("Reason")) for k, v in by_channel.items()})
+
+
+# --- recording -----------------------------------------------------------------------------------
+
+
+def _samples(path: Any) -> bytes:
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
+        return w.readframes(w.getnframes())
+
+
+def test_mixmonitor_records_caller_and_agent_aligned(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """MixMonitor on the agent's channel: the agent's words (t) and the caller's (r) are in
+    the recording bit-exact (μ-law decoded), and where they sit in it matches when they were
+    really heard and said, within 60 ms; the mix holds both."""
+    greeting = "Hello, this call is recorded. Please say something after the beep."
+    sim = simulator(Scenario(greeting=greeting, interrupt_on_speech=False, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, {}, more_modules=["res_convert"])
+    recdir = ast.base / "rec"
+    recdir.mkdir()
+    ast.cli(f"dialplan set global RECDIR {recdir}")
+    speech = prompt(ast, "hello-world", "ulaw", ast.base)
+    with RtpCall(ast.sip_port, "110", codec="PCMU") as rtp:
+        rec = _conversation(sim)
+        wait_until(lambda: len(rtp.audio().strip(b"\xff")) > 8000, 15, "1 s of the greeting")
+        t_said = time.time()
+        rtp.send_audio(speech, wait=True)
+        time.sleep(0.5)
+        rtp.hangup()
+    wait_until(lambda: (recdir / "mix.wav").exists(), 10, "the recording")
+    ast.wait_no_channels(10)
+    agent_rec, caller_rec, mix = (
+        _samples(recdir / n) for n in ("agent.wav", "caller.wav", "mix.wav")
+    )
+    utt = next(u for u in sent_utterances(sim, rec, FMT, CHUNK_MS) if u.text == greeting)
+    # 200 ms of speech from inside each, decoded as Asterisk decodes μ-law
+    agent_probe = audio.ulaw_decode(utt.audio[4000:5600])
+    caller_probe = audio.ulaw_decode(speech[2400:4000])
+    a_at = agent_rec.find(agent_probe)
+    c_at = caller_rec.find(caller_probe)
+    assert a_at >= 0 and a_at % 2 == 0, "the agent's words are not in the recording bit-exact"
+    assert c_at >= 0 and c_at % 2 == 0, "the caller's words are not in the recording bit-exact"
+    assert len(agent_rec) == len(caller_rec) or abs(len(agent_rec) - len(caller_rec)) < 3200
+    # When the caller heard byte 4000 of the greeting, and when it said byte 2400 of its own.
+    stream = rtp_stream(rtp)
+    heard = arrival_wall(stream.packet_at(stream.payload.find(utt.audio) + 4000))
+    said = t_said + 2400 / 8000
+    rec_delta = (c_at - a_at) / 2 / 8000
+    print(
+        f"recording: caller's words {rec_delta * 1000:.0f} ms after the agent's in the file; "
+        f"really {(said - heard) * 1000:.0f} ms"
+    )
+    assert abs(rec_delta - (said - heard)) < 0.06, (rec_delta, said - heard)
+    # The mix is the two directions summed, on the same timeline: where the caller talks over
+    # the agent, each mixed sample is the (saturated) sum of the two recorded ones.
+    m_at = mix.find(agent_probe)
+    assert m_at >= 0 and m_at % 2 == 0, "the agent's words are not in the mix"
+    shift = m_at - a_at
+    n = 800
+    agent_part = struct.unpack(f"<{n}h", agent_rec[c_at : c_at + 2 * n])
+    caller_part = struct.unpack(f"<{n}h", caller_rec[c_at : c_at + 2 * n])
+    mixed = struct.unpack(f"<{n}h", mix[c_at + shift : c_at + shift + 2 * n])
+    expected = [
+        max(-32768, min(32767, x + y)) for x, y in zip(agent_part, caller_part, strict=True)
+    ]
+    assert mixed == tuple(expected)
+    assert max(abs(x) for x in caller_part) > 1000 and max(abs(x) for x in agent_part) > 0
