@@ -17,6 +17,7 @@ import wave
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from asterisk import Asterisk
 from calls_util import (
     REALTIME,
@@ -171,6 +172,7 @@ def _result(ast: Asterisk, timeout: float = 30) -> dict[str, str]:
 # --- blind ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.sip
 def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -368,6 +370,7 @@ def _dtmf_digits(rtp: RtpCall) -> list[tuple[str, float]]:
     return out
 
 
+@pytest.mark.sip
 def test_dtmf_out_reaches_the_sip_far_end(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
