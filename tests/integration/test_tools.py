@@ -76,6 +76,11 @@ exten => answer,1,Ringing()
  same => n,Answer()
  same => n,Verbose(1,TARGET answered)
  same => n,Wait(20)
+exten => answer_rec,1,Ringing()
+ same => n,Wait(0.5)
+ same => n,Answer()
+ same => n,Record(${RECDIR}/answered.wav,0,4,qk)
+ same => n,Wait(20)
 exten => noanswer,1,Ringing()
  same => n,Verbose(1,TARGET ringing)
  same => n,Wait(60)
@@ -346,6 +351,38 @@ def test_warm_transfer_answered_bridges_and_closes_1000(
     end = ami.of("ElevenLabsConvAIEnd")[0]
     assert end["Status"] == "TRANSFER", end
     assert log_time(ring_line) - t_call < 1.0
+
+
+def test_warm_transfer_whisper_is_heard_by_the_person_who_answers(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "support"}}
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, tone = _asterisk(convai_asterisk, sim, {})
+    recdir = ast.base / "rec"
+    recdir.mkdir()
+    ast.cli(f"dialplan set global RECDIR {recdir}")
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": f"support: warm, Local/answer_rec@targets, whisper={ast.base}/tone",
+    }
+    conf = (ast.etc / "elevenlabs.conf").read_text()
+    mark = ast.log_mark()
+    write_elevenlabs_conf(ast, conf + "\n".join(f"{k} = {v}" for k, v in tools.items()) + "\n")
+    ast.cli("module reload app_elevenlabs_convai")
+    ast.wait_for_log(r"elevenlabs\.conf reloaded", since=mark, timeout=10)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+        ami.wait("BridgeEnter", count=2, timeout=10)
+        time.sleep(0.5)
+        ast.cli("channel request hangup all")
+    wait_until(lambda: (recdir / "answered.wav").exists(), 10, "the target's recording")
+    ast.wait_no_channels(10)
+    heard = _samples(recdir / "answered.wav")
+    assert heard.find(audio.ulaw_decode(tone[800:2400])) >= 0, "no whisper at the target"
+    # The bridge waits for the whole 1 s whisper after the answer (0.5 s of ringing).
+    assert float(answered["Seconds"]) >= 1.5, answered
 
 
 def test_warm_transfer_not_answered_the_agent_goes_on(
