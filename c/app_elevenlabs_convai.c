@@ -310,7 +310,9 @@
 			Answer a client tool call of an agent (an external tool handler).
 		</synopsis>
 		<syntax>
-			<xi:include xpointer="xpointer(/docs/manager[@name='Login']/syntax/parameter[@name='ActionID'])" />
+			<parameter name="ActionID">
+				<para>ActionID for this transaction. Will be returned.</para>
+			</parameter>
 			<parameter name="Channel" required="true">
 				<para>The channel of the conversation (from <literal>ElevenLabsConvAIToolCall</literal>).</para>
 			</parameter>

@@ -10,12 +10,17 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 build=${CONVAI_BUILD_DIR:-/var/tmp/convai-build}
 stage=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage}
 
+# -Dwerror=true: the tests' build is warning-free (-Wall -Wextra) against every flavour's
+# Asterisk and Python, or it fails.
 # CONVAI_SANITIZE=1: the ASan+UBSan build (meson -Dsanitize=true; scripts/sanitize.sh uses it).
 sanitize=-Dsanitize=$([ "${CONVAI_SANITIZE:-0}" = 1 ] && echo true || echo false)
 if [ -f "$build/build.ninja" ]; then
-  meson setup --reconfigure "$build" "$src" "$sanitize" >/dev/null
+  # A build dir from before a new option was added refuses it on --reconfigure: start afresh.
+  meson setup --reconfigure -Dwerror=true "$build" "$src" "$sanitize" >/dev/null ||
+    meson setup --wipe -Dwerror=true "$build" "$src" "$sanitize" >/dev/null
 else
-  meson setup "$build" "$src" --prefix=/usr --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)" "$sanitize"
+  meson setup "$build" "$src" -Dwerror=true --prefix=/usr \
+    --libdir="lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)" "$sanitize"
 fi
 ninja -C "$build"
 rm -rf "$stage"

@@ -78,6 +78,15 @@ def follow_log(ast: Asterisk, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
+def host_path(path: Path) -> Path:
+    """The path as the user sees it: the testbed mounts the repository at /src, and testbed.sh
+    tells where it is on the host (CONVAI_HOST_REPO)."""
+    host = os.environ.get("CONVAI_HOST_REPO")
+    if host and path.resolve().is_relative_to(ROOT):
+        return Path(host) / path.resolve().relative_to(ROOT)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "out" / "demo-call.wav"))
@@ -111,6 +120,9 @@ def main() -> int:
             more_modules=["app_mixmonitor", "format_wav"],
             options="highpriority = yes\n",  # as Debian's asterisk.service runs it (-p)
         )
+        # The API key is in it: 0640, as the module asks (it warns about a world-readable file).
+        ast.write_configs()
+        os.chmod(ast.etc / "elevenlabs.conf", 0o640)
         boot = ast.start()
         say(
             "asterisk",
@@ -168,7 +180,7 @@ def main() -> int:
             f"deviation from 20 ms; first frame p99 {stats.get('FirstFrameP99Us')} µs; "
             f"barge-in p99 {stats.get('BargeInP99Us')} µs; underruns {stats.get('Underruns')}"
         )
-    print(f"recording (both sides): {out} ({seconds:.1f} s)")
+    print(f"recording (both sides): {host_path(out)} ({seconds:.1f} s)")
     return 0
 
 

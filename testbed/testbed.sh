@@ -490,6 +490,7 @@ worktree_dirs() {
   export CONVAI_STAGE_DIR=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage.$id}
   export CONVAI_MODULE=${CONVAI_MODULE:-$CONVAI_BUILD_DIR/app_elevenlabs_convai.so}
   export CONVAI_PYTHON_DIR=${CONVAI_PYTHON_DIR:-$CONVAI_STAGE_DIR/python}
+  export CONVAI_HOST_REPO=$REPO # what /src is on the host, for paths shown to the user
 }
 
 cmd_run() {
@@ -588,4 +589,6 @@ main() {
   esac
 }
 
-main "$@"
+# One line, parsed whole before it runs: an edit of this file during a long `run` cannot make
+# bash read on at a shifted offset.
+main "$@"; exit

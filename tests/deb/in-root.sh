@@ -5,7 +5,8 @@
 #
 # Steps: build -> lintian -> apt install -> Asterisk + module load + a call through the installed
 # module against the simulator -> apt remove -> apt purge -> a pre-existing elevenlabs.conf is
-# left alone. Asterisk must be running and healthy after each package operation.
+# left alone -> autopkgtest (debian/tests) with the null runner. Asterisk must be running and
+# healthy after each package operation.
 set -euo pipefail
 
 SRC=/build/src
@@ -22,8 +23,6 @@ T0=$(date +%s.%N)
 declare -a SUMMARY=()
 STEP=""
 STEP_T0=$T0
-AST_PID=""
-SIM_PID=""
 
 log() { printf '[deb-test] %s\n' "$*"; }
 secs() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -43,12 +42,7 @@ ast() { asterisk -C "$ASTCONF" -rx "$*" 2>&1 || true; }
 
 on_exit() {
   local rc=$?
-  if [ -n "$AST_PID" ] && kill -0 "$AST_PID" 2>/dev/null; then
-    ast "core stop now" >/dev/null 2>&1 || true
-    for _ in $(seq 50); do kill -0 "$AST_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$AST_PID" 2>/dev/null || true
-  fi
-  [ -z "$SIM_PID" ] || kill "$SIM_PID" 2>/dev/null || true
+  bash "$SRC/tests/deb/installed-call.sh" stop "$T" >/dev/null 2>&1 || true
   if [ "$rc" != 0 ]; then
     if [ -f "$T/log/messages.log" ]; then
       log "---- last lines of the Asterisk log"
@@ -69,11 +63,7 @@ on_exit() {
 trap on_exit EXIT
 
 # Asterisk answers on its control socket and reports an uptime.
-healthy() {
-  kill -0 "$AST_PID" 2>/dev/null || return 1
-  grep -q "System uptime:" <<<"$(ast "core show uptime")" || return 1
-  grep -q "active call" <<<"$(ast "core show channels count")" || return 1
-}
+healthy() { bash "$SRC/tests/deb/installed-call.sh" healthy "$T"; }
 
 installed_status() { dpkg-query -W -f='${db:Status-Abbrev}' "$PKG" 2>/dev/null || true; }
 
@@ -157,134 +147,12 @@ print("[deb-test]   ok  the installed convai._native imports under", sys.version
 
 # ---------------------------------------------------------------------------------------------
 step "Asterisk + the installed module"
-rm -rf "$T"
-mkdir -p "$T"/{etc,run,log,lib,db,keys,spool,cache}
-cat >"$ASTCONF" <<EOF
-[directories]
-astetcdir => $T/etc
-astmoddir => $MODDIR
-astvarlibdir => $T/lib
-astdbdir => $T/db
-astkeydir => $T/keys
-astdatadir => /usr/share/asterisk
-astagidir => /usr/share/asterisk/agi-bin
-astspooldir => $T/spool
-astrundir => $T/run
-astlogdir => $T/log
-astsbindir => /usr/sbin
-astcachedir => $T/cache
-
-[options]
-verbose = 3
-nocolor = yes
-EOF
-cat >"$T/etc/modules.conf" <<'EOF'
-[modules]
-autoload = no
-load => pbx_config.so
-load => res_clioriginate.so
-load => app_verbose.so
-load => app_playback.so
-load => format_wav.so
-load => format_gsm.so
-load => format_pcm.so
-load => codec_ulaw.so
-load => codec_gsm.so
-load => codec_resample.so
-; app_elevenlabs_convai.so is loaded by hand once Asterisk is up
-EOF
-cat >"$T/etc/logger.conf" <<'EOF'
-[general]
-[logfiles]
-messages.log => notice,warning,error,verbose(3)
-EOF
-cat >"$T/etc/extensions.conf" <<'EOF'
-[test]
-; the agent leg: the installed module
-exten => 100,1,Answer()
- same => n,ElevenLabsConvAI(sim,c)
- same => n,Verbose(0,DEBTEST-RESULT status=${ELEVENLABS_STATUS} reason=${ELEVENLABS_END_REASON} conversation=${ELEVENLABS_CONVERSATION_ID})
- same => n,Hangup()
-exten => h,1,Verbose(0,DEBTEST-HANGUP ${CHANNEL} status=${ELEVENLABS_STATUS} reason=${ELEVENLABS_END_REASON})
-; the caller leg: says something, then real silence (the agent hears a turn end), then hangs up
-exten => 200,1,Answer()
- same => n,Playback(hello-world&silence/10&silence/10&silence/10)
- same => n,Hangup()
-EOF
-
-# The simulator, from the source tree (the installed package is what is under test).
-PYTHONPATH=$SRC/python PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-  python3 -m convai.sim --port 0 --end-after-turns 1 --reply "Thank you for calling." \
-  >"$T/sim.log" 2>&1 &
-SIM_PID=$!
-SIM_URL=""
-for _ in $(seq 100); do
-  SIM_URL=$(sed -n 's/^ *signed URL endpoint: *//p' "$T/sim.log" | head -n 1)
-  [ -n "$SIM_URL" ] && break
-  kill -0 "$SIM_PID" 2>/dev/null || { cat "$T/sim.log"; fail "the simulator did not start"; }
-  sleep 0.1
-done
-[ -n "$SIM_URL" ] || { cat "$T/sim.log"; fail "the simulator printed no endpoint"; }
-ok "simulator up: $SIM_URL"
-
-# The instance's elevenlabs.conf: the installed one (so its example agents must parse) plus an
-# agent that talks to the simulator.
-cat "$CONF" >"$T/etc/elevenlabs.conf"
-cat >>"$T/etc/elevenlabs.conf" <<EOF
-
-[sim]
-elevenlabs_api_key = sk-deb-test
-elevenlabs_get_signed_url_endpoint = $SIM_URL
-elevenlabs_agent_id = agent_deb_test
-EOF
-chmod 0640 "$T/etc/elevenlabs.conf"
-
-asterisk -C "$ASTCONF" -f -n -g -q >"$T/console.log" 2>&1 &
-AST_PID=$!
-booted=0
-for _ in $(seq 150); do
-  if grep -q "fully booted" <<<"$(ast "core waitfullybooted")"; then booted=1; break; fi
-  kill -0 "$AST_PID" 2>/dev/null || { cat "$T/console.log"; fail "Asterisk exited while booting"; }
-  sleep 0.2
-done
-[ "$booted" = 1 ] || fail "Asterisk did not boot in 30 s"
-ok "Asterisk $(ast 'core show version' | sed -n 's/^Asterisk \([^ ]*\).*/\1/p') up (pid $AST_PID), module dir $MODDIR"
-ast "module load app_elevenlabs_convai.so" | sed 's/^/[deb-test]   /'
-grep -q "app_elevenlabs_convai.so.*Running" <<<"$(ast "module show like elevenlabs")" ||
-  { ast "module show like elevenlabs"; fail "app_elevenlabs_convai.so is not running"; }
-ok "app_elevenlabs_convai.so loaded from $MODDIR and running"
-grep -q "Python .* runtime up" "$T/log/messages.log" || fail "no 'Python runtime up' line in the log"
-ok "$(grep -o "ElevenLabsConvAI: Python .* runtime up.*" "$T/log/messages.log" | tail -n 1)"
-grep -q "Talk to an ElevenLabs Conversational AI agent" <<<"$(ast "core show application ElevenLabsConvAI")" ||
-  fail "core show application ElevenLabsConvAI lacks the installed XML docs"
-ok "core show application ElevenLabsConvAI shows the installed XML docs"
-if grep -E "ERROR.*(elevenlabs|convai)" "$T/log/messages.log"; then fail "errors from the module in the log"; fi
-healthy || fail "Asterisk is not healthy"
-ok "Asterisk healthy"
+# tests/deb/installed-call.sh is shared with the autopkgtest (debian/tests/install-and-call).
+bash "$SRC/tests/deb/installed-call.sh" start "$T" "$SRC" | sed 's/^\[installed-call\]/[deb-test]/'
 
 # ---------------------------------------------------------------------------------------------
 step "a call through the installed module"
-ast "channel originate Local/100@test extension 200@test" | sed '/^$/d; s/^/[deb-test]   /'
-result=""
-for _ in $(seq 300); do
-  result=$(grep -v "Executing \[" "$T/log/messages.log" | grep -o "DEBTEST-RESULT.*" | head -n 1 || true)
-  [ -n "$result" ] && break
-  # a conversation that ended with the caller's hangup does not reach the Verbose line
-  result=$(grep -v "Executing \[" "$T/log/messages.log" | grep -o "DEBTEST-HANGUP .* status=[A-Z].*" | head -n 1 || true)
-  [ -n "$result" ] && break
-  sleep 0.2
-done
-[ -n "$result" ] || fail "the call did not end within 60 s"
-ok "$result"
-grep -E "elevenlabs: |app_elevenlabs_convai|ElevenLabsConvAI" "$T/log/messages.log" | sed 's/^/[deb-test]   log: /' | tail -n 15
-grep -E "^[0-9:]{8} " "$T/sim.log" | sed 's/^/[deb-test]   sim: /' | tail -n 15 || true
-case "$result" in
-  *"status=COMPLETED "*) ok "ELEVENLABS_STATUS=COMPLETED" ;;
-  *) fail "the call did not complete: $result" ;;
-esac
-case "$result" in *"conversation= "* | *"conversation=") fail "no ELEVENLABS_CONVERSATION_ID" ;; esac
-healthy || fail "Asterisk is not healthy after the call"
-ok "Asterisk healthy after the call"
+bash "$SRC/tests/deb/installed-call.sh" call "$T" | sed 's/^\[installed-call\]/[deb-test]/'
 
 # ---------------------------------------------------------------------------------------------
 step "apt-get remove"
@@ -333,6 +201,18 @@ ok "purge left it alone"
 rm -f "$CONF"
 healthy || fail "Asterisk is not healthy"
 ok "Asterisk still running and healthy"
+
+# ---------------------------------------------------------------------------------------------
+step "autopkgtest (debian/tests, null runner)"
+# Debian's CI way: autopkgtest installs the .deb and the test's Depends, then runs
+# debian/tests/install-and-call (the same installed-call.sh as above).
+bash "$SRC/tests/deb/installed-call.sh" stop "$T" >/dev/null 2>&1 || true
+autopkgtest --output-dir "$OUT/autopkgtest" "$DEB" "$SRC" -- null >"$OUT/autopkgtest.log" 2>&1 ||
+  { tail -n 60 "$OUT/autopkgtest.log"; fail "autopkgtest failed (log: out/deb/autopkgtest.log)"; }
+grep -E '^install-and-call +[A-Z]+' "$OUT/autopkgtest.log" | sed 's/^/[deb-test]   /'
+grep -qE '^install-and-call +PASS' "$OUT/autopkgtest.log" || fail "install-and-call did not PASS"
+ok "autopkgtest: install-and-call PASS"
+apt-get purge -y -q "$PKG" </dev/null >"$OUT/purge3.log" 2>&1 || { cat "$OUT/purge3.log"; fail "apt-get purge after autopkgtest"; }
 
 # ---------------------------------------------------------------------------------------------
 step "installed size"

@@ -37,7 +37,9 @@ block() { # block NAME: run INSTALL.md's block NAME verbatim, echoing each comma
   bash "$SRC/testbed/install-md.sh" "$1" "$CLONE/docs/INSTALL.md" | sed 's/^/[source-md]   | /'
   (cd "$CLONE" && bash -euo pipefail -c "$(bash "$SRC/testbed/install-md.sh" "$1" "$CLONE/docs/INSTALL.md")")
 }
-module_state() { asterisk -rx 'module show like app_elevenlabs_convai' 2>&1 | grep -o 'Running\|Not Running' | head -n 1; }
+# The CLI's output, whole (grep -q on a pipe would kill asterisk -rx with SIGPIPE under pipefail).
+cli() { asterisk -rx "$1" 2>&1 || true; }
+module_state() { grep -o 'Not Running\|Running' <<<"$(cli 'module show like app_elevenlabs_convai')" | head -n 1; }
 
 log "Asterisk $(asterisk -V | sed 's/^Asterisk //'), $(python3 --version), $(. /etc/os-release && echo "$PRETTY_NAME")"
 
@@ -82,7 +84,7 @@ printf '[general]\nenable = no\n' >/etc/asterisk/cel.conf
 
 wait_booted() {
   for _ in $(seq 150); do
-    asterisk -rx 'core waitfullybooted' 2>/dev/null | grep -q 'fully booted' && return 0
+    grep -q 'fully booted' <<<"$(cli 'core waitfullybooted')" && return 0
     sleep 0.2
   done
   fail "Asterisk did not boot"
@@ -101,7 +103,7 @@ if [ -n "$lacking" ]; then
     { cat /tmp/nodeps.log; fail "the -Dpython_deps=disabled build failed"; }
   grep -A1 'WARNING' /tmp/nodeps.log | sed 's/^/[source-md]   meson: /' || true
   : >/etc/asterisk/elevenlabs.conf
-  asterisk -rx 'module load app_elevenlabs_convai.so' | sed 's/^/[source-md]   cli: /'
+  cli 'module load app_elevenlabs_convai.so' | sed 's/^/[source-md]   cli: /'
   [ "$(module_state)" != Running ] || fail "the module loaded with $lacking too old"
   line=$(grep 'ElevenLabsConvAI not loaded' "$LOG" | tail -n 1 || true)
   [ -n "$line" ] || fail "no 'ElevenLabsConvAI not loaded' line in $LOG"
@@ -110,7 +112,7 @@ if [ -n "$lacking" ]; then
     case $line in *"$name "*"too old"*"$name >= "*"fix: "*) ;; *) fail "the decline line does not name $name, found, minimum, fix" ;; esac
   done
   ok "declined with one line naming the package, the version found, the minimum and the fix"
-  asterisk -rx 'core show uptime' | grep -q 'System uptime' || fail "Asterisk is not running after the decline"
+  grep -q 'System uptime' <<<"$(cli 'core show uptime')" || fail "Asterisk is not running after the decline"
   ok "Asterisk runs on"
   rm -f /etc/asterisk/elevenlabs.conf
 fi
@@ -152,9 +154,11 @@ sleep 1
 wait_booted
 block load-source | sed 's/^/[source-md]   cli: /'
 [ "$(module_state)" = Running ] || fail "app_elevenlabs_convai is not running after the restart"
-asterisk -rx 'core show application ElevenLabsConvAI' | grep -q 'Talk to an ElevenLabs Conversational AI agent' ||
+grep -q 'Talk to an ElevenLabs Conversational AI agent' <<<"$(cli 'core show application ElevenLabsConvAI')" ||
   fail "core show application ElevenLabsConvAI lacks the XML docs"
-ok "after a restart, core show application ElevenLabsConvAI shows the installed XML docs"
+since=$(cli 'core show application ElevenLabsConvAI' | sed -n '/\[Since\]/{n;p}' | sed 's/^ *//')
+[ -n "$since" ] && [ "$since" != "Not available" ] || fail "core show application: [Since] is '$since'"
+ok "after a restart, core show application ElevenLabsConvAI shows the installed XML docs ([Since] $since)"
 
 # 4. a call through the installed module
 asterisk -rx 'channel originate Local/100@test extension 200@test' >/dev/null

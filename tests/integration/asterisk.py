@@ -115,6 +115,16 @@ DEFAULT_MODULES = [
     "bridge_simple",
     "res_timing_timerfd",
     "res_clioriginate",
+    # What Asterisk 20 requires for two of the above (app_mixmonitor: func_periodic_hook, which
+    # requires app_chanspy, func_cut, func_groupcount and func_uri; app_stack: res_agi, which
+    # requires res_speech).
+    "func_periodic_hook",
+    "app_chanspy",
+    "func_cut",
+    "func_groupcount",
+    "func_uri",
+    "res_agi",
+    "res_speech",
 ]
 # A source-built Asterisk without pjproject (the bookworm-ast20 and trixie-ast23 testbed flavours)
 # has no PJSIP: instances there start without it, and a test that needs SIP fails (it is marked

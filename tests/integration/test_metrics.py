@@ -6,6 +6,7 @@ import re
 import urllib.request
 from collections.abc import Callable
 
+import pytest
 from asterisk import Asterisk, free_port
 from convai_fixtures import agent
 
@@ -23,6 +24,7 @@ def value(text: str, metric: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.sip  # res_prometheus requires res_pjsip (Asterisk 20 and 23 alike)
 def test_metrics_are_exported_when_res_prometheus_is_loaded(
     simulator: Callable[..., Simulator], convai_asterisk: Callable[..., Asterisk]
 ) -> None:

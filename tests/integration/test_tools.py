@@ -18,6 +18,7 @@ import wave
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from asterisk import Asterisk, free_port
 from calls_util import (
     REALTIME,
@@ -199,6 +200,7 @@ def _result(ast: Asterisk, timeout: float = 30) -> dict[str, str]:
 # --- blind ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.sip
 def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -253,6 +255,7 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert gap_ms <= 200, gap_ms
 
 
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_blind_transfer_of_a_sip_caller_with_refer(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -385,6 +388,7 @@ def test_warm_transfer_whisper_is_heard_by_the_person_who_answers(
     assert float(answered["Seconds"]) >= 1.5, answered
 
 
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_warm_transfer_not_answered_the_agent_goes_on(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -443,6 +447,7 @@ def _dtmf_digits(rtp: RtpCall) -> list[tuple[str, float]]:
     return out
 
 
+@pytest.mark.sip
 def test_dtmf_out_reaches_the_sip_far_end(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -682,6 +687,7 @@ def _samples(path: Any) -> bytes:
         return w.readframes(w.getnframes())
 
 
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_mixmonitor_records_caller_and_agent_aligned(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:

@@ -32,6 +32,7 @@ from convai.session import (
     SessionResult,
     Started,
 )
+from convai.sim.server import shutdown_timeout
 from convai.tools import ToolRegistry
 
 API_KEY = "sk_test_0123456789abcdefSECRETKEY"
@@ -161,9 +162,10 @@ class FakeService:
     async def __aenter__(self) -> FakeService:
         app = web.Application()
         app.router.add_get("/v1/convai/conversation/get-signed-url", self._http)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        on_runner, on_site = shutdown_timeout(0.1)
+        self._runner = web.AppRunner(app, access_log=None, **on_runner)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, **on_site)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         ws_log = logging.getLogger("test.fake.ws")

@@ -48,6 +48,17 @@ __all__ = [
 ]
 
 _AIOHTTP_VERSION = tuple(int(x) for x in _aiohttp_version.split(".")[:2])
+
+
+def shutdown_timeout(seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keyword arguments (for web.AppRunner, for web.TCPSite) that set the shutdown timeout:
+    aiohttp < 3.9 (Debian 12's 3.8) takes it on the site, later ones on the runner (a 3.8 runner
+    passes it to each connection's handler, which fails: every request is reset)."""
+    if _AIOHTTP_VERSION < (3, 9):
+        return {}, {"shutdown_timeout": seconds}
+    return {"shutdown_timeout": seconds}, {}
+
+
 log = logging.getLogger("convai.sim")
 
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
@@ -474,15 +485,8 @@ class Simulator:
         app.router.add_get(SIGNED_URL_PATH_DEPRECATED, self._handle_signed_url)
         app.router.add_get(WS_PATH, self._handle_ws)
         # A short shutdown: stop() must not wait a minute for a delayed signed-URL reply.
-        # aiohttp < 3.9 (Debian 12's 3.8) takes the timeout on the site, later ones on the runner.
-        on_site = _AIOHTTP_VERSION < (3, 9)
-        shutdown: dict[str, float] = {"shutdown_timeout": 2.0}
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            **({} if on_site else shutdown),  # type: ignore[arg-type]
-        )
+        on_runner, on_site = shutdown_timeout(2.0)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, **on_runner)
         await runner.setup()
         # The benchmark opens 100+ connections at once: a deep accept backlog.
         site = web.TCPSite(
@@ -492,7 +496,7 @@ class Simulator:
             reuse_address=True,
             backlog=1024,
             ssl_context=self.ssl_context,
-            **(shutdown if on_site else {}),  # type: ignore[arg-type]
+            **on_site,
         )
         await site.start()
         self._runner = runner
