@@ -277,11 +277,12 @@ def test_node_stopping_gracefully_fails_over_on_5xx(farm: Cluster, results: dict
 
 def test_rolling_reload_while_calls_run(farm: Cluster, results: dict[str, Any]) -> None:
     """`elevenlabs reload` rolled across the nodes, one after the other, while 24 calls (2 per
-    second, 6 s each) run: no call fails, and calls that start on a node after its reload run
-    with the new configuration (a dynamic variable the simulator receives)."""
+    second, 6 s each, with a re-INVITE 2 s in) run: no call fails, and calls that start on a
+    node after its reload run with the new configuration (a dynamic variable the simulator
+    receives)."""
     assert farm.sim is not None
     new_conf = farm.elevenlabs_conf(dynamic_variable="config_release=2")
-    run = farm.calls(24, rate=2, duration_ms=6000, name="reload")
+    run = farm.calls(24, rate=2, duration_ms=6000, name="reload", reinvite_at_ms=2000)
     reloaded: dict[str, float] = {}
     time.sleep(2)
     for n in farm.nodes:
@@ -298,6 +299,9 @@ def test_rolling_reload_while_calls_run(farm: Cluster, results: dict[str, Any]) 
 
     assert run.returncode == 0, run.output[-2000:]
     assert len(run.completed) == 24 and not run.failed, (len(run.completed), run.failed)
+    # Each call's re-INVITE, 2 s in, followed the recorded route to its node and was answered
+    # there (any other node would have refused it: it knows no such dialog).
+    assert set(run.reinvited) == set(run.answered), set(run.answered) - set(run.reinvited)
     where = _completed_on_nodes(farm, run, farm.nodes)
     convs = {c.conversation_id: c for c in farm.sim.conversations}
     new_per_node = dict.fromkeys(reloaded, 0)
