@@ -91,11 +91,12 @@ static int call_enter(struct convai_call *c, enum call_phase to, enum convai_sta
 	return 0;
 }
 
-/* The channel has gone: the caller hung up, or Asterisk is shutting down (`core stop now`). */
+/* The channel has gone: the caller hung up, or Asterisk hung it up to shut down (`core stop
+ * now` sets AST_SOFTHANGUP_SHUTDOWN). Not ast_shutting_down(): during `core stop gracefully`
+ * calls run to their normal end, and a caller hanging up then is a plain HANGUP. */
 static void call_hung_up(struct convai_call *c)
 {
-	if (ast_shutting_down()
-		|| (ast_channel_softhangup_internal_flag(c->chan) & AST_SOFTHANGUP_SHUTDOWN)) {
+	if (ast_channel_softhangup_internal_flag(c->chan) & AST_SOFTHANGUP_SHUTDOWN) {
 		call_enter(c, CALL_DONE, CONVAI_STATUS_FAILED, CONVAI_REASON_SHUTDOWN);
 	} else {
 		call_enter(c, CALL_DONE, CONVAI_STATUS_HANGUP, CONVAI_REASON_CALLER_HANGUP);
