@@ -219,7 +219,8 @@ struct convai_call {
 	uint32_t last_played_id;
 	uint32_t last_write_us;
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
-	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop */
+	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop: the
+	                             * session's down_efd, shared with Python's commands */
 	ast_mutex_t inbox_lock;     /* serialises the AMI threads that push into inbox */
 	struct convai_ring *inbox;  /* command records from other threads, for Python, via this one */
 	struct convai_transfer *xfer;   /* the transfer under way (transfer.c), or NULL */

@@ -32,12 +32,15 @@
 
 /* Largest 20 ms frame: pcm_16000 is 640 bytes. */
 #define CONVAI_FRAME_MAX 640
-/* Down ring: 10.24 s of agent audio; Python keeps any excess in its own bounded backlog. */
-#define CONVAI_DOWN_SLOTS 512
-/* Up ring: 2.56 s of caller audio. */
-#define CONVAI_UP_SLOTS 128
-/* Command queues: slots of one command record each (see below). */
-#define CONVAI_CMD_SLOTS 64
+/* Down ring: 2.56 s of agent audio; Python keeps any excess in its own bounded backlog and
+ * tops the ring up every 0.5 s (host.py TOP_UP_S). Every slot becomes resident (calloc, and
+ * the ring's cycle touches them all): 84 KB a call, where 512 slots were 336 KB (bench/). */
+#define CONVAI_DOWN_SLOTS 128
+/* Up ring: at least 1.28 s of caller audio, four chunks of the agent's buffer_ms if more. */
+#define CONVAI_UP_SLOTS_MIN 64
+/* Command queues: slots of one command record each (see below); each side drains its queue
+ * within a loop turn, and a call sends a few commands a second at most. */
+#define CONVAI_CMD_SLOTS 32
 #define CONVAI_CMD_BYTES 1000
 
 /* elevenlabs_audio_frames_buffer_ms: caller audio per WebSocket message, a multiple of 20. */

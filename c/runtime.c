@@ -76,7 +76,20 @@ void convai_session_release(struct convai_session *s)
 	}
 }
 
-static struct convai_session *session_alloc(void)
+/* Up ring slots for a call sending \a buffer_ms chunks: four chunks and at least
+ * CONVAI_UP_SLOTS_MIN, so a stalled loop loses no caller audio for over a second. */
+static uint32_t up_ring_slots(int buffer_ms)
+{
+	uint32_t want = MAX(CONVAI_UP_SLOTS_MIN, 4u * (uint32_t) MAX(1, buffer_ms / 20));
+	uint32_t slots = CONVAI_UP_SLOTS_MIN;
+
+	while (slots < want) {
+		slots <<= 1;
+	}
+	return slots;
+}
+
+static struct convai_session *session_alloc(int buffer_ms)
 {
 	struct convai_session *s = ast_calloc(1, sizeof(*s));
 
@@ -88,7 +101,7 @@ static struct convai_session *session_alloc(void)
 	atomic_init(&s->refs, 2);
 	s->up_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	s->down_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	s->up = ring_new(CONVAI_UP_SLOTS, CONVAI_FRAME_MAX);
+	s->up = ring_new(up_ring_slots(buffer_ms), CONVAI_FRAME_MAX);
 	s->down = ring_new(CONVAI_DOWN_SLOTS, CONVAI_FRAME_MAX);
 	s->to_c = ring_new(CONVAI_CMD_SLOTS, CONVAI_CMD_BYTES);
 	s->to_py = ring_new(CONVAI_CMD_SLOTS, CONVAI_CMD_BYTES);
@@ -318,7 +331,7 @@ int convai_runtime_start(const char *python_path)
 
 struct convai_session *convai_session_new(struct ast_channel *chan, struct convai_agent *a)
 {
-	struct convai_session *s = session_alloc();
+	struct convai_session *s = session_alloc(a->buffer_ms);
 
 	if (s) {
 		session_fill(s, chan, a);

@@ -47,7 +47,7 @@ class Call:
         s.channel = b"Local/test-00000001;2"
         s.agent, s.agent_id = b"sim", b"agent_test"
         s.api_key, s.endpoint = b"k" * 20, b"http://127.0.0.1:9/signed-url"
-        s.up = _ring(self.keep, lib.CONVAI_UP_SLOTS, lib.CONVAI_FRAME_MAX)
+        s.up = _ring(self.keep, lib.CONVAI_UP_SLOTS_MIN, lib.CONVAI_FRAME_MAX)
         s.down = _ring(self.keep, lib.CONVAI_DOWN_SLOTS, lib.CONVAI_FRAME_MAX)
         s.to_c = _ring(self.keep, lib.CONVAI_CMD_SLOTS, lib.CONVAI_CMD_BYTES)
         s.to_py = _ring(self.keep, lib.CONVAI_CMD_SLOTS, lib.CONVAI_CMD_BYTES)
@@ -115,10 +115,13 @@ def test_backlog_tops_up_a_full_ring_in_order(call: Call) -> None:
     bridge._push(frames(600))
     assert lib.convai_ring_count(call.sess.down) == lib.CONVAI_DOWN_SLOTS
     assert len(bridge.backlog) == 600 - lib.CONVAI_DOWN_SLOTS
-    assert call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 88  # C counts underruns against it
+    # C counts underruns against it.
+    assert call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 600 - lib.CONVAI_DOWN_SLOTS
     assert bridge._top_up is not None
-    played = call.play(100)
-    call.loop.run_until_complete(asyncio.sleep(host.TOP_UP_S + 0.2))
+    played: list[Any] = []
+    for _ in range(600 // lib.CONVAI_DOWN_SLOTS + 1):  # C plays, the timer tops up
+        played += call.play(lib.CONVAI_DOWN_SLOTS)
+        call.loop.run_until_complete(asyncio.sleep(host.TOP_UP_S + 0.1))
     assert not bridge.backlog and call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 0
     played += call.play(600)
     assert [int.from_bytes(f[:2], "big") for _, f in played] == list(range(600))
@@ -268,3 +271,19 @@ def test_transfer_state_and_tool_results_reach_the_tools_by_name(
     (k1, transfer), (k2, dtmf) = call.commands()
     assert (k1, contract.text(transfer.target)) == (lib.CONVAI_CMD_TRANSFER, "sales")
     assert (k2, contract.text(dtmf.digits)) == (lib.CONVAI_CMD_SEND_DTMF, "12#")
+
+
+def test_an_exception_in_a_loop_callback_ends_that_call_failed(
+    call: Call, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = call.talking()
+    ended: list[EndReason] = []
+    monkeypatch.setattr(bridge.session, "end", lambda reason, detail: ended.append(reason))
+
+    def boom() -> None:
+        raise OverflowError("integer 9223372036854775808 does not fit '32-bit unsigned int'")
+
+    with caplog.at_level(logging.ERROR, logger="convai"):
+        bridge._guard(boom)  # as the event loop runs a reader or a timer
+    assert ended == [EndReason.SERVER_ERROR]
+    assert any("internal error; ending this call" in r.message for r in caplog.records)
