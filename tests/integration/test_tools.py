@@ -13,12 +13,13 @@ import math
 import re
 import struct
 import time
+import urllib.request
 import wave
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from asterisk import Asterisk
+from asterisk import Asterisk, free_port
 from calls_util import (
     REALTIME,
     AmiEvents,
@@ -75,6 +76,11 @@ exten => answer,1,Ringing()
  same => n,Wait(1)
  same => n,Answer()
  same => n,Verbose(1,TARGET answered)
+ same => n,Wait(20)
+exten => answer_rec,1,Ringing()
+ same => n,Wait(0.5)
+ same => n,Answer()
+ same => n,Record(${RECDIR}/answered.wav,0,4,qk)
  same => n,Wait(20)
 exten => noanswer,1,Ringing()
  same => n,Verbose(1,TARGET ringing)
@@ -145,6 +151,28 @@ def _asterisk(
     return ast, tone
 
 
+def _prometheus() -> tuple[int, dict[str, Any]]:
+    """res_prometheus on a free port: (port, the Asterisk kwargs)."""
+    port = free_port(udp=False, tcp=True)
+    return port, {
+        "more_modules": ["res_prometheus"],
+        "configs": {
+            "http.conf": f"[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n",
+            "prometheus.conf": (
+                "[general]\nenabled = yes\nuri = metrics\ncore_metrics_enabled = no\n"
+            ),
+        },
+    }
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in:\n{text}"
+    return float(m.group(1))
+
+
 def _conversation(sim: Simulator, timeout: float = 15.0) -> ConversationRecord:
     wait_until(lambda: bool(sim.conversations), timeout, "the simulator's conversation")
     return sim.conversations[0]
@@ -186,7 +214,8 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
         "say_before": words,
     }
     sim = simulator(_scenario([call]))
-    ast, tone = _asterisk(convai_asterisk, sim, TOOLS)
+    prom, kw = _prometheus()
+    ast, tone = _asterisk(convai_asterisk, sim, TOOLS, **kw)
     with AmiEvents(ast) as ami, RtpCall(ast.sip_port, "100", codec="PCMU") as rtp:
         started = ami.wait("ElevenLabsConvAITransferStarted", timeout=20)[0]
         m = ast.wait_for_log(r"app_verbose\.c: TARGET sales status=(\S+) target=(\S+)$", timeout=20)
@@ -200,6 +229,9 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert rec.client_close_code == 1000
     end = ami.of("ElevenLabsConvAIEnd")[0]
     assert (end["Status"], end["Reason"]) == ("TRANSFER", "transfer"), end
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="blind"}') == 1
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="failed"}') == 0
+    assert _metric(prom, 'asterisk_elevenlabs_calls_total{status="TRANSFER"}') == 1
 
     utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
     last = next(u for u in utts if u.text == words)
@@ -223,6 +255,7 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert gap_ms <= 200, gap_ms
 
 
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_blind_transfer_of_a_sip_caller_with_refer(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -323,6 +356,39 @@ def test_warm_transfer_answered_bridges_and_closes_1000(
     assert log_time(ring_line) - t_call < 1.0
 
 
+def test_warm_transfer_whisper_is_heard_by_the_person_who_answers(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "support"}}
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, tone = _asterisk(convai_asterisk, sim, {})
+    recdir = ast.base / "rec"
+    recdir.mkdir()
+    ast.cli(f"dialplan set global RECDIR {recdir}")
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": f"support: warm, Local/answer_rec@targets, whisper={ast.base}/tone",
+    }
+    conf = (ast.etc / "elevenlabs.conf").read_text()
+    mark = ast.log_mark()
+    write_elevenlabs_conf(ast, conf + "\n".join(f"{k} = {v}" for k, v in tools.items()) + "\n")
+    ast.cli("module reload app_elevenlabs_convai")
+    ast.wait_for_log(r"elevenlabs\.conf reloaded", since=mark, timeout=10)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+        ami.wait("BridgeEnter", count=2, timeout=10)
+        time.sleep(0.5)
+        ast.cli("channel request hangup all")
+    wait_until(lambda: (recdir / "answered.wav").exists(), 10, "the target's recording")
+    ast.wait_no_channels(10)
+    heard = _samples(recdir / "answered.wav")
+    assert heard.find(audio.ulaw_decode(tone[800:2400])) >= 0, "no whisper at the target"
+    # The bridge waits for the whole 1 s whisper after the answer (0.5 s of ringing).
+    assert float(answered["Seconds"]) >= 1.5, answered
+
+
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_warm_transfer_not_answered_the_agent_goes_on(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -332,10 +398,15 @@ def test_warm_transfer_not_answered_the_agent_goes_on(
         "transfer_target": "support: warm, Local/noanswer@targets, timeout=5",
     }
     sim = simulator(_scenario([call], end_keyword=None))
-    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    prom, kw = _prometheus()
+    ast, _ = _asterisk(convai_asterisk, sim, tools, **kw)
     with AmiEvents(ast) as ami:
         _local_call(ast)
         rec = _conversation(sim)
+        ami.wait("ElevenLabsConvAITransferStarted", timeout=20)
+        ast.wait_for_log(r"TARGET ringing", timeout=5)
+        chan = next(c for c in ast.channels() if c.startswith("Local/100@test") and c[-1] == "2")
+        shown = ast.cli(f"elevenlabs show call {chan}")
         failed = ami.wait("ElevenLabsConvAITransferFailed", timeout=20)[0]
         wait_until(lambda: bool(rec.contextual_updates), 5, "the agent told")
         t_call = sim_event_time(rec, "client_tool_call")[0]
@@ -353,6 +424,12 @@ def test_warm_transfer_not_answered_the_agent_goes_on(
     )
     assert 5.0 <= t_update - t_call < 6.5
     assert not [c for c in ast.channels() if "noanswer" in c]
+    assert re.search(
+        r"^Transfer: +warm to support \(Local/noanswer@targets\): ringing for \d", shown, re.M
+    ), shown
+    assert "Transfer targets: support (warm)" in shown and "transfer_call (transfer)" in shown
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="failed"}') == 1
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="answered"}') == 0
 
 
 # --- DTMF, variables, hangup ----------------------------------------------------------------------
@@ -610,6 +687,7 @@ def _samples(path: Any) -> bytes:
         return w.readframes(w.getnframes())
 
 
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_mixmonitor_records_caller_and_agent_aligned(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
