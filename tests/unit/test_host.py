@@ -271,3 +271,19 @@ def test_transfer_state_and_tool_results_reach_the_tools_by_name(
     (k1, transfer), (k2, dtmf) = call.commands()
     assert (k1, contract.text(transfer.target)) == (lib.CONVAI_CMD_TRANSFER, "sales")
     assert (k2, contract.text(dtmf.digits)) == (lib.CONVAI_CMD_SEND_DTMF, "12#")
+
+
+def test_an_exception_in_a_loop_callback_ends_that_call_failed(
+    call: Call, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = call.talking()
+    ended: list[EndReason] = []
+    monkeypatch.setattr(bridge.session, "end", lambda reason, detail: ended.append(reason))
+
+    def boom() -> None:
+        raise OverflowError("integer 9223372036854775808 does not fit '32-bit unsigned int'")
+
+    with caplog.at_level(logging.ERROR, logger="convai"):
+        bridge._guard(boom)  # as the event loop runs a reader or a timer
+    assert ended == [EndReason.SERVER_ERROR]
+    assert any("internal error; ending this call" in r.message for r in caplog.records)
