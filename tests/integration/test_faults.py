@@ -467,8 +467,8 @@ def test_server_floods_audio_faster_than_real_time(
     assert line
 
 
-# The agent-audio ceiling the module documents: the down ring (512 frames, 10.24 s) plus
-# host.py's backlog (BACKLOG_MAX_S = 60 s), in ms; and its one log line per call.
+# The agent-audio ceiling the module documents: host.py's backlog (BACKLOG_MAX_S = 60 s) plus
+# the down ring (at most 512 slots, 10.24 s), in ms; and its one log line per call.
 QUEUE_CEILING_MS = 70_240
 FLOOD_LINE = r"the agent sent more audio than the 60 s the call may queue; dropping the excess"
 
