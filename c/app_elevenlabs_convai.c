@@ -236,6 +236,8 @@
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
+				agent asked (absent if it never rang).</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -257,6 +259,8 @@
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
+				agent asked (absent if it never rang).</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -278,6 +282,8 @@
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
+				agent asked (absent if it never rang).</para></parameter>
 				<parameter name="Reason"><para>Why, e.g. <literal>no answer after 25 s</literal>.</para></parameter>
 			</syntax>
 		</managerEventInstance>

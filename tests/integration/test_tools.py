@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+import subprocess
 import time
 import urllib.request
 import wave
@@ -34,6 +35,7 @@ from calls_util import (
 )
 from convai_fixtures import agent, write_elevenlabs_conf
 from rtpcall import RtpCall
+from sipp import SIPP
 
 from convai import audio
 from convai.sim import ConversationRecord, Scenario, Simulator
@@ -355,6 +357,60 @@ def test_warm_transfer_answered_bridges_and_closes_1000(
     end = ami.of("ElevenLabsConvAIEnd")[0]
     assert end["Status"] == "TRANSFER", end
     assert log_time(ring_line) - t_call < 1.0
+
+
+@pytest.mark.sip
+def test_warm_transfer_to_a_sip_phone_ringing_and_answer_times(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """The warm target is a SIP phone (SIPp's built-in UAS: 180 Ringing, then 200 OK): the
+    time from the agent's tool call to the phone ringing, and to the answer, over real SIP."""
+    uas_port = free_port(udp=True, tcp=False)
+    desk = f"""
+[desk]
+type = endpoint
+transport = transport-udp
+context = test
+disallow = all
+allow = ulaw
+direct_media = no
+aors = desk
+
+[desk]
+type = aor
+contact = sip:desk@127.0.0.1:{uas_port}
+"""
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "desk"}}
+    tools = {"tool": "transfer_call: transfer", "transfer_target": "desk: warm, PJSIP/desk"}
+    sim = simulator(_scenario([call], end_keyword=None))
+    uas = subprocess.Popen(
+        [SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1", "-nostdin"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ast, _ = _asterisk(
+            convai_asterisk, sim, tools, configs={"pjsip.conf": lambda a: a.pjsip_conf(extra=desk)}
+        )
+        with AmiEvents(ast) as ami:
+            _local_call(ast)
+            rec = _conversation(sim)
+            answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+            ami.wait("BridgeEnter", count=2, timeout=10)
+            ast.cli("channel request hangup all")
+    finally:
+        uas.terminate()
+        uas.wait(timeout=5)
+    t_call = sim_event_time(rec, "client_tool_call")[0]
+    t_started = next(t for t, e in ami.timed("ElevenLabsConvAITransferStarted"))
+    ring, answer = float(answered["RingSeconds"]), float(answered["Seconds"])
+    lead = t_started - t_call
+    print(
+        f"warm transfer to a SIP phone: tool call -> transfer started {lead:.3f} s, "
+        f"-> ringing {lead + ring:.3f} s, -> answered {lead + answer:.3f} s"
+    )
+    assert answered["Mode"] == "warm" and rec.client_close_code == 1000
+    assert 0 <= ring <= answer < 2.0, answered
 
 
 def test_warm_transfer_whisper_is_heard_by_the_person_who_answers(
