@@ -108,6 +108,8 @@
 			</since>
 			<synopsis>Raised when a conversation with an agent has started.</synopsis>
 			<syntax>
+				<!-- convai: common fields (every ElevenLabsConvAI* event starts with them; c/extract_docs.py
+				     copies them where an event says "convai: the common fields") -->
 				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
 				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
 				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
@@ -115,6 +117,7 @@
 				when the call started; empty when the agent is not configured).</para></parameter>
 				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
 				the conversation has started.</para></parameter>
+				<!-- convai: end of the common fields -->
 				<parameter name="InputFormat"><para>Caller audio format sent to the agent.</para></parameter>
 				<parameter name="OutputFormat"><para>Agent audio format played to the caller.</para></parameter>
 			</syntax>
@@ -127,13 +130,7 @@
 			</since>
 			<synopsis>Raised when the caller interrupts the agent.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="EventID"><para>The interruption's event id: older agent audio is dropped.</para></parameter>
 			</syntax>
 		</managerEventInstance>
@@ -145,13 +142,7 @@
 			</since>
 			<synopsis>Raised when the agent calls a client tool.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="ToolName"><para>As the agent sent it; like every value the server
 				chooses, control characters are replaced by spaces before it reaches AMI.</para></parameter>
 				<parameter name="ToolCallID"/>
@@ -170,13 +161,7 @@
 			</since>
 			<synopsis>Raised at the end of a conversation with its media statistics.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="FramesPlayed"><para>20 ms frames of agent audio written.</para></parameter>
 				<parameter name="Underruns"><para>Ticks with agent audio waiting in Python but none in the ring.</para></parameter>
 				<parameter name="LateTicks"><para>Timer ticks the channel thread was late for (caught up).</para></parameter>
@@ -203,13 +188,7 @@
 			</since>
 			<synopsis>Raised when a conversation with an agent has ended, or failed to start.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Status"><para>COMPLETED, HANGUP, FAILED or TRANSFER.</para></parameter>
 				<parameter name="Reason"><para>As in <variable>ELEVENLABS_END_REASON</variable>.</para></parameter>
 				<parameter name="Duration"><para>Seconds since the application started
@@ -225,13 +204,7 @@
 			</since>
 			<synopsis>Raised when the module starts a transfer the agent asked for (blind: accepted; warm: the target is being called).</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
@@ -248,13 +221,7 @@
 			</since>
 			<synopsis>Raised when a warm transfer's target answered (the caller is bridged to it next), or the caller's phone accepted a SIP REFER.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
@@ -271,13 +238,7 @@
 			</since>
 			<synopsis>Raised when a transfer failed: no answer, busy, the target hung up, a REFER was rejected, or the call ended first.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
@@ -295,13 +256,7 @@
 			</since>
 			<synopsis>Raised when one of the agent's system tools ran on the ElevenLabs side (end_call, transfer_to_number, voicemail_detection, play_keypad_touch_tone): informational, a WebSocket call gets no telephony effect from them.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="ToolName"/>
 				<parameter name="ToolCallID"/>
 				<parameter name="IsError"><para><literal>true</literal> or <literal>false</literal>.</para></parameter>
