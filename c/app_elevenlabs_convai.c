@@ -349,13 +349,50 @@ AST_APP_OPTIONS(convai_opts, {
 	AST_APP_OPTION('h', OPT_HANGUP),
 });
 
+/* The agent of the section \a name, or NULL with the reason logged. */
+static struct convai_agent *exec_agent(struct ast_channel *chan, struct convai_config *cfg,
+	const char *name)
+{
+	struct convai_agent *agent = cfg ? convai_config_find_agent(cfg, name) : NULL;
+
+	if (!agent) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: agent [%s] %s; ELEVENLABS_STATUS=FAILED\n",
+			ast_channel_name(chan), name, name, cfg && convai_config_is_disabled(cfg, name)
+				? "is disabled: its section in " CONFIG_FILE " has errors (see the last (re)load)"
+				: "is not configured in " CONFIG_FILE);
+	}
+	return agent;
+}
+
+/* What the application returns once the call is over: -1 hangs the channel up. */
+static int exec_result(struct convai_call *c, const struct ast_flags *opts)
+{
+	int hangup = c->agent->hangup_on_end;
+
+	if (ast_test_flag(opts, OPT_CONTINUE)) {
+		hangup = 0;
+	} else if (ast_test_flag(opts, OPT_HANGUP)) {
+		hangup = 1;
+	}
+	switch (c->status) {
+	case CONVAI_STATUS_HANGUP:
+		return -1;
+	case CONVAI_STATUS_COMPLETED:
+		return hangup ? -1 : 0;
+	case CONVAI_STATUS_TRANSFER:
+		return c->transfer_res;   /* 0: continue at the blind target; -1: bridged or REFERred */
+	default:
+		return 0;   /* FAILED: the dialplan goes on to its fallback */
+	}
+}
+
 static int convai_exec(struct ast_channel *chan, const char *data)
 {
 	RAII_VAR(struct convai_config *, cfg, convai_config_get(), ao2_cleanup);
 	struct convai_agent *agent;
 	struct ast_flags opts = { 0 };
 	struct convai_call *c;
-	int hangup, res;
+	int res;
 	char *parse;
 	AST_DECLARE_APP_ARGS(args,
 		AST_APP_ARG(agent);
@@ -372,12 +409,7 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	if (!ast_strlen_zero(args.options)) {
 		ast_app_parse_options(convai_opts, &opts, NULL, args.options);
 	}
-	if (!cfg || !(agent = convai_config_find_agent(cfg, args.agent))) {
-		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: agent [%s] %s; ELEVENLABS_STATUS=FAILED\n",
-			ast_channel_name(chan), args.agent, args.agent,
-			cfg && convai_config_is_disabled(cfg, args.agent)
-				? "is disabled: its section in " CONFIG_FILE " has errors (see the last (re)load)"
-				: "is not configured in " CONFIG_FILE);
+	if (!(agent = exec_agent(chan, cfg, args.agent))) {
 		return convai_fail_early(chan, args.agent, CONVAI_REASON_UNKNOWN_AGENT);
 	}
 	if (!convai_runtime_available()) {
@@ -393,19 +425,8 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	}
 	ast_verb(3, LOG_PREFIX "%s [%s]: connecting to agent [%s] (agent ID %s)\n",
 		ast_channel_name(chan), agent->name, agent->name, agent->agent_id);
-
 	convai_call_run(c);
-
-	hangup = agent->hangup_on_end;
-	if (ast_test_flag(&opts, OPT_CONTINUE)) {
-		hangup = 0;
-	} else if (ast_test_flag(&opts, OPT_HANGUP)) {
-		hangup = 1;
-	}
-	res = c->status == CONVAI_STATUS_HANGUP || (c->status == CONVAI_STATUS_COMPLETED && hangup) ? -1 : 0;
-	if (c->status == CONVAI_STATUS_TRANSFER) {
-		res = c->transfer_res;   /* 0: continue at the blind target; -1: bridged or REFERred */
-	}
+	res = exec_result(c, &opts);
 	convai_call_destroy(c);
 	return res;
 }
