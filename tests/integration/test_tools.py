@@ -316,6 +316,26 @@ def test_unknown_target_is_an_error_and_the_call_goes_on(
     assert _result(ast)["status"] == "HANGUP"
 
 
+def test_blind_target_missing_from_the_dialplan_is_refused_fail_closed(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "gone"}}
+    tools = {"tool": "transfer_call: transfer", "transfer_target": "gone: blind, nowhere,s,1"}
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    _local_call(ast)
+    rec = _conversation(sim)
+    wait_until(lambda: bool(rec.tool_results), 15, "the result")
+    time.sleep(0.5)
+    assert not rec.done, "the conversation goes on"
+    ast.cli("channel request hangup all")
+    assert rec.tool_results[0]["is_error"] is True
+    assert rec.tool_results[0]["result"] == (
+        "transfer to gone failed: the target is not in the dialplan"
+    )
+    assert _result(ast)["status"] == "HANGUP"
+
+
 # --- warm ----------------------------------------------------------------------------------------
 
 
@@ -487,6 +507,41 @@ def test_warm_transfer_not_answered_the_agent_goes_on(
     assert "Transfer targets: support (warm)" in shown and "transfer_call (transfer)" in shown
     assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="failed"}') == 1
     assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="answered"}') == 0
+
+
+def test_warm_transfer_busy_and_caller_leaving_while_it_rings(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Busy: the agent hears why at once. The caller hangs up while the target rings: the
+    target is hung up too (no channel left behind) and the transfer is reported failed."""
+    calls = [
+        {"tool_name": "transfer_call", "parameters": {"destination": "busy"}},
+        {"tool_name": "transfer_call", "parameters": {"destination": "ringing"}},
+    ]
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": [
+            "busy: warm, Local/busy@targets",
+            "ringing: warm, Local/noanswer@targets, timeout=60",
+        ],
+    }
+    sim = simulator(_scenario(calls, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        rec = _conversation(sim)
+        busy = ami.wait("ElevenLabsConvAITransferFailed", timeout=20)[0]
+        wait_until(lambda: bool(rec.contextual_updates), 5, "the agent told")
+        ami.wait("ElevenLabsConvAITransferStarted", count=2, timeout=20)
+        ast.wait_for_log(r"TARGET ringing", timeout=10)
+        caller = next(c for c in ast.channels() if c.startswith("Local/100@test") and c[-1] == "1")
+        ast.cli(f"channel request hangup {caller}")
+        left = ami.wait("ElevenLabsConvAITransferFailed", count=2, timeout=10)[1]
+        ast.wait_no_channels(10)
+    assert busy["Target"] == "busy" and busy["Reason"] == "the line is busy", busy
+    assert "to busy did not go through: the line is busy" in rec.contextual_updates[0]["text"]
+    assert left["Target"] == "ringing" and left["Reason"] == "the call ended first", left
+    assert _result(ast)["status"] == "HANGUP"
 
 
 # --- DTMF, variables, hangup ----------------------------------------------------------------------
