@@ -3,7 +3,10 @@
 the caller, kernel timestamps) and RSS per call against N, the module (ws://, wss://) beside
 Playback(), solid at normal priority and dashed under -p.
 
-    python3 bench/plot.py bench/results/RUN.json [-o bench/results/RUN.png]
+    python3 bench/plot.py bench/results/RUN.json [MORE.json ...] [-o bench/results/RUN.png]
+
+Several files (e.g. a normal-priority and a -p run) go on one picture; where two hold the same
+series and N, the later file's point is drawn.
 
 Needs matplotlib (Debian's python3-matplotlib is in the testbed).
 """
@@ -37,8 +40,9 @@ def series(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str
             continue
         key = (r.get("websocket") or "playback", r.get("priority", "normal"))
         out.setdefault(key, []).append(r)
-    for rows in out.values():
-        rows.sort(key=lambda r: r["calls"])
+    for key, rows in out.items():
+        by_n = {r["calls"]: r for r in rows}  # a later file's run replaces an earlier one
+        out[key] = [by_n[n] for n in sorted(by_n)]
     return out
 
 
@@ -83,11 +87,13 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", type=Path)
-    ap.add_argument("-o", "--out", type=Path, help="PNG (default: beside the JSON)")
+    ap.add_argument("results", type=Path, nargs="+")
+    ap.add_argument("-o", "--out", type=Path, help="PNG (default: beside the first JSON)")
     args = ap.parse_args()
-    results = json.loads(args.results.read_text())
-    out = args.out or args.results.with_suffix(".png")
+    results: list[dict[str, Any]] = []
+    for path in args.results:
+        results += json.loads(path.read_text())
+    out = args.out or args.results[0].with_suffix(".png")
     plot(results, out)
     print(out, file=sys.stderr)
     return 0
