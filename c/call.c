@@ -108,7 +108,7 @@ static void call_hung_up(struct convai_call *c)
 static void call_send(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
 {
 	if (!convai_ring_push(c->sess->to_py, type, rec, len)) {
-		eventfd_write(c->sess->up_efd, 1);
+		convai_session_notify(c->sess);
 	}
 }
 
@@ -579,7 +579,7 @@ static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t
 	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_UP, pushed);
 	if (atomic_fetch_add(&c->sess->up_unsignalled, pushed) + pushed >= c->sess->up_batch_frames) {
 		atomic_store(&c->sess->up_unsignalled, 0);
-		eventfd_write(c->sess->up_efd, 1);
+		convai_session_notify(c->sess);
 	}
 }
 

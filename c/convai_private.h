@@ -161,6 +161,12 @@ struct convai_session *convai_session_new(struct ast_channel *chan, struct conva
 /*! \brief Hand the session to Python (it takes it on its next wake-up). */
 void convai_session_submit(struct convai_session *s);
 
+/*!
+ * \brief Tell Python the session has caller audio or a command for it: listed on the host's
+ * ready list, and the host's eventfd written if it was not listed yet. Any channel thread.
+ */
+void convai_session_notify(struct convai_session *s);
+
 /*! \brief Take back a session Python never took. \retval 1 it was still pending */
 int convai_session_withdraw(struct convai_session *s);
 

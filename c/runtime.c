@@ -46,9 +46,6 @@ static struct convai_ring *ring_new(uint32_t slots, uint32_t slot_bytes)
 
 static void session_free(struct convai_session *s)
 {
-	if (s->up_efd >= 0) {
-		close(s->up_efd);
-	}
 	if (s->down_efd >= 0) {
 		close(s->down_efd);
 	}
@@ -99,17 +96,23 @@ static struct convai_session *session_alloc(int buffer_ms)
 	s->magic = CONVAI_SESSION_MAGIC;
 	s->id = atomic_fetch_add(&next_session_id, 1) + 1;
 	atomic_init(&s->refs, 2);
-	s->up_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	s->down_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	s->up = ring_new(up_ring_slots(buffer_ms), CONVAI_FRAME_MAX);
 	s->down = ring_new(CONVAI_DOWN_SLOTS, CONVAI_FRAME_MAX);
 	s->to_c = ring_new(CONVAI_CMD_SLOTS, CONVAI_CMD_BYTES);
 	s->to_py = ring_new(CONVAI_CMD_SLOTS, CONVAI_CMD_BYTES);
-	if (s->up_efd < 0 || s->down_efd < 0 || !s->up || !s->down || !s->to_c || !s->to_py) {
+	if (s->down_efd < 0 || !s->up || !s->down || !s->to_c || !s->to_py) {
 		session_free(s);
 		return NULL;
 	}
 	return s;
+}
+
+void convai_session_notify(struct convai_session *s)
+{
+	if (convai_session_mark_ready(&host, s)) {
+		eventfd_write(host.wake_efd, 1);
+	}
 }
 
 void convai_session_submit(struct convai_session *s)

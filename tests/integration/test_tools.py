@@ -16,6 +16,7 @@ import time
 import urllib.request
 import wave
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -618,6 +619,25 @@ def test_tool_config_errors_name_file_line_section_key(
             key,
             what,
         )
+
+
+def test_the_examples_in_elevenlabs_conf_example_load(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Every commented tool and transfer_target line of the example file, uncommented, is a
+    valid configuration (the documentation cannot drift from the parser)."""
+    example = (Path(__file__).resolve().parents[2] / "elevenlabs.conf.example").read_text()
+    lines = re.findall(r"^;((?:tool|transfer_target) = .*)$", example, re.M)
+    assert len(lines) >= 8, lines
+    keys: dict[str, list[str]] = {"tool": [], "transfer_target": []}
+    for line in lines:
+        key, _, value = line.partition(" = ")
+        keys[key].append(value)
+    sim = simulator()
+    ast, _ = _asterisk(convai_asterisk, sim, dict(keys))
+    text = ast.log_text()
+    assert "elevenlabs.conf reloaded: 1 agent(s) configured" in text, text[-2000:]
+    assert not re.search(r"\[sim\] (tool|transfer_target):", text), text[-2000:]
 
 
 # --- outbound ------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ class Call:
         self.keep: list[Any] = []
         s = self.sess = ffi.new("struct convai_session *")
         s.magic = lib.CONVAI_SESSION_MAGIC
-        s.up_efd = os.eventfd(0, os.EFD_NONBLOCK)
         s.down_efd = os.eventfd(0, os.EFD_NONBLOCK)
         s.up_batch_frames = 12
         s.buffer_ms = 240
@@ -55,7 +54,7 @@ class Call:
         self.released: list[Any] = []
         host._host = SimpleNamespace(release_session=self.released.append)
         self.bridge = host.CallBridge(
-            SimpleNamespace(loop=self.loop, bridges=set(), http=lambda: None), s
+            SimpleNamespace(loop=self.loop, bridges={}, http=lambda: None), s
         )
 
     def talking(self) -> host.CallBridge:
@@ -95,7 +94,6 @@ class Call:
 
     def close(self) -> None:
         self.loop.close()
-        os.close(self.sess.up_efd)
         os.close(self.sess.down_efd)
 
 
@@ -287,3 +285,31 @@ def test_an_exception_in_a_loop_callback_ends_that_call_failed(
         bridge._guard(boom)  # as the event loop runs a reader or a timer
     assert ended == [EndReason.SERVER_ERROR]
     assert any("internal error; ending this call" in r.message for r in caplog.records)
+
+
+def test_the_ready_list_wakes_python_once_per_look_and_drops_its_reference(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channel threads list a session on the host (one eventfd for every call); a session
+    already listed is not listed twice; Python takes the whole list, looks at each listed
+    session's queues, and drops the list's reference; news after the look lists it again."""
+    h = ffi.new("struct convai_host *")
+    released: list[int] = []
+    cb = ffi.callback("void(struct convai_session *)", lambda s: released.append(int(s.id)))
+    h.release_session = cb
+    call.sess.id = 7
+    assert lib.convai_session_mark_ready(h, call.sess) == 1
+    assert lib.convai_session_mark_ready(h, call.sess) == 0  # one wake per look
+    bridge = call.talking()
+    digits: list[str] = []
+    monkeypatch.setattr(bridge.session, "send_dtmf", digits.append)
+    call.to_py(lib.CONVAI_CMD_DTMF, digit=b"5")
+    rt = host.Runtime(h)
+    rt.bridges[7] = bridge
+    rt._on_ready()
+    assert digits == ["5"] and released == [7]
+    assert lib.convai_host_take_ready(h) == ffi.NULL
+    assert lib.convai_session_mark_ready(h, call.sess) == 1  # unlisted by the look
+    rt._on_ready()
+    assert released == [7, 7]
+    rt.loop.close()
