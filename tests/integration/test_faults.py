@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from asterisk import Asterisk, free_port
+from asterisk import Asterisk, free_port, sanitizer_env
 from calls_util import AmiEvents, caller_leg, wait_until
 from convai_fixtures import TEST_KEY, agent, elevenlabs_conf, write_elevenlabs_conf
 
@@ -462,7 +462,12 @@ def test_server_floods_audio_faster_than_real_time(
     assert queued and max(queued) <= QUEUE_CEILING_MS, queued
     # 120 s sent, at most ~70 s kept (a little played meanwhile): ~50 s (2,500 frames) dropped.
     assert dropped >= (120_000 - QUEUE_CEILING_MS - 5_000) // 20, dropped
-    assert rss1 - rss0 < 8 * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MiB with the flood"
+    if sanitizer_env():
+        # ASan holds freed blocks in its quarantine (256 MiB by default) and pads every
+        # allocation, so RSS does not measure the module there; the normal build's run does.
+        print("FAULT audio flood (detail): RSS bound not checked under ASan")
+    else:
+        assert rss1 - rss0 < 8 * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MiB with the flood"
     assert len(re.findall(FLOOD_LINE, ast.log_text()[out.mark :])) == 1, "logged more than once"
     assert line
 
