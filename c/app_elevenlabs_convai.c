@@ -172,7 +172,7 @@
 				<parameter name="BytesUp"/>
 				<parameter name="BytesDown"/>
 				<parameter name="BacklogDropped"><para>Agent frames refused because the call already
-				queued the most agent audio it may (62.56 s).</para></parameter>
+				queued the most agent audio it may (about 61 s: the ring and 60 s beyond it).</para></parameter>
 				<parameter name="PlayoutP50Us"><para>Deviation of the interval between writes from 20 ms;
 				also P99Us, MaxUs, Count and Hist (sparse <literal>bucket:count</literal> list) for
 				Playout, FirstFrame (agent audio received to first frame written), BargeIn
