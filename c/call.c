@@ -39,7 +39,7 @@
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
-#define INBOX_SLOTS 16           /* tool results from AMI waiting for the call's thread */
+#define INBOX_SLOTS 8            /* tool results from AMI waiting for the call's thread */
 #define DTMF_TONE_TICKS 5        /* 100 ms per digit the agent sends */
 #define DTMF_GAP_TICKS 5         /* 100 ms between digits */
 

@@ -572,6 +572,54 @@ static void warn_unusable_tools(struct convai_agent *a, const char *file, const 
 	}
 }
 
+/* A section name too long for an agent: say so, cut at a character boundary. */
+static void log_long_section(const char *cat, size_t max)
+{
+	int line = section_line(CONFIG_FILE, cat, 1);
+	int cut = 32;
+
+	while (cut > 0 && ((unsigned char) cat[cut] & 0xC0) == 0x80) {
+		cut--;   /* not inside a UTF-8 character */
+	}
+	if (line) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%.*s...]: the section name is longer "
+			"than %zu characters\n", CONFIG_FILE, line, cut, cat, max);
+	} else {   /* in an #include'd file */
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.*s...]: the section name is longer than %zu "
+			"characters\n", CONFIG_FILE, cut, cat, max);
+	}
+}
+
+/* The keys an agent cannot do without. \retval -1 one is missing (logged with its line) */
+static int check_required(const struct convai_agent *a, const char *file, const char *cat)
+{
+	const struct { const char *key; const char *value; } required[] = {
+		{ "elevenlabs_api_key", a->api_key },
+		{ "elevenlabs_get_signed_url_endpoint", a->endpoint },
+		{ "elevenlabs_agent_id", a->agent_id },
+	};
+	int bad = 0;
+	size_t i;
+
+	for (i = 0; i < ARRAY_LEN(required); i++) {
+		int line;
+
+		if (!ast_strlen_zero(required[i].value)) {
+			continue;
+		}
+		line = section_line(file, cat, 0);
+		if (line) {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "
+				"required\n", file, line, cat, required[i].key);
+		} else {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] %s: missing or empty; it is required\n",
+				file, cat, required[i].key);
+		}
+		bad = -1;
+	}
+	return bad;
+}
+
 static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 {
 	RAII_VAR(struct convai_agent *, a, ao2_alloc_options(sizeof(*a), agent_destroy,
@@ -579,30 +627,12 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	struct ast_variable *v;
 	const char *file = CONFIG_FILE;
 	int bad = 0;
-	size_t i;
-	const struct { const char *key; const char *value; } required[] = {
-		{ "elevenlabs_api_key", a ? a->api_key : "" },
-		{ "elevenlabs_get_signed_url_endpoint", a ? a->endpoint : "" },
-		{ "elevenlabs_agent_id", a ? a->agent_id : "" },
-	};
 
 	if (!a) {
 		return NULL;
 	}
 	if (strlen(cat) >= sizeof(a->name)) {
-		int line = section_line(CONFIG_FILE, cat, 1);
-		int cut = 32;
-
-		while (cut > 0 && ((unsigned char) cat[cut] & 0xC0) == 0x80) {
-			cut--;   /* not inside a UTF-8 character */
-		}
-		if (line) {
-			ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%.*s...]: the section name is longer "
-				"than %zu characters\n", CONFIG_FILE, line, cut, cat, sizeof(a->name) - 1);
-		} else {   /* in an #include'd file */
-			ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.*s...]: the section name is longer than %zu "
-				"characters\n", CONFIG_FILE, cut, cat, sizeof(a->name) - 1);
-		}
+		log_long_section(cat, sizeof(a->name) - 1);
 		return NULL;
 	}
 	ast_copy_string(a->name, cat, sizeof(a->name));
@@ -613,21 +643,7 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 		bad |= parse_agent_key(a, v, cat) != 0;
 		file = S_OR(v->file, file);   /* the section's own lines come last */
 	}
-	for (i = 0; i < ARRAY_LEN(required); i++) {
-		if (ast_strlen_zero(required[i].value)) {
-			int line = section_line(file, cat, 0);
-
-			if (line) {
-				ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "
-					"required\n", file, line, cat, required[i].key);
-			} else {
-				ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] %s: missing or empty; it is required\n",
-					file, cat, required[i].key);
-			}
-			bad = 1;
-		}
-	}
-	if (bad) {
+	if (check_required(a, file, cat) || bad) {
 		return NULL;
 	}
 	warn_unusable_tools(a, file, cat);

@@ -32,15 +32,17 @@
 
 /* Largest 20 ms frame: pcm_16000 is 640 bytes. */
 #define CONVAI_FRAME_MAX 640
-/* Down ring: 2.56 s of agent audio; Python keeps any excess in its own bounded backlog and
- * tops the ring up every 0.5 s (host.py TOP_UP_S). Every slot becomes resident (calloc, and
- * the ring's cycle touches them all): 84 KB a call, where 512 slots were 336 KB (bench/). */
-#define CONVAI_DOWN_SLOTS 128
-/* Up ring: at least 1.28 s of caller audio, four chunks of the agent's buffer_ms if more. */
-#define CONVAI_UP_SLOTS_MIN 64
+/* Down ring: 1.28 s of agent audio; Python keeps any excess in its own bounded backlog and
+ * tops the ring up every 0.25 s (host.py TOP_UP_S), so the ring holds over a second whenever
+ * audio waits. Every slot becomes resident (calloc, and the ring's cycle touches them all):
+ * 42 KB a call, where 512 slots were 336 KB (bench/). */
+#define CONVAI_DOWN_SLOTS 64
+/* Up ring: two chunks of the agent's buffer_ms, at least 0.64 s of caller audio: Python pops
+ * each chunk as it is signalled and may be one chunk (and at least 400 ms) late. */
+#define CONVAI_UP_SLOTS_MIN 32
 /* Command queues: slots of one command record each (see below); each side drains its queue
  * within a loop turn, and a call sends a few commands a second at most. */
-#define CONVAI_CMD_SLOTS 32
+#define CONVAI_CMD_SLOTS 16
 #define CONVAI_CMD_BYTES 1000
 
 /* elevenlabs_audio_frames_buffer_ms: caller audio per WebSocket message, a multiple of 20. */

@@ -73,11 +73,11 @@ void convai_session_release(struct convai_session *s)
 	}
 }
 
-/* Up ring slots for a call sending \a buffer_ms chunks: four chunks and at least
- * CONVAI_UP_SLOTS_MIN, so a stalled loop loses no caller audio for over a second. */
+/* Up ring slots for a call sending \a buffer_ms chunks: two chunks and at least
+ * CONVAI_UP_SLOTS_MIN (convai_shared.h), a power of two. */
 static uint32_t up_ring_slots(int buffer_ms)
 {
-	uint32_t want = MAX(CONVAI_UP_SLOTS_MIN, 4u * (uint32_t) MAX(1, buffer_ms / 20));
+	uint32_t want = MAX(CONVAI_UP_SLOTS_MIN, 2u * (uint32_t) MAX(1, buffer_ms / 20));
 	uint32_t slots = CONVAI_UP_SLOTS_MIN;
 
 	while (slots < want) {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+import subprocess
 import time
 import urllib.request
 import wave
@@ -34,6 +35,7 @@ from calls_util import (
 )
 from convai_fixtures import agent, write_elevenlabs_conf
 from rtpcall import RtpCall
+from sipp import SIPP
 
 from convai import audio
 from convai.sim import ConversationRecord, Scenario, Simulator
@@ -314,6 +316,26 @@ def test_unknown_target_is_an_error_and_the_call_goes_on(
     assert _result(ast)["status"] == "HANGUP"
 
 
+def test_blind_target_missing_from_the_dialplan_is_refused_fail_closed(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "gone"}}
+    tools = {"tool": "transfer_call: transfer", "transfer_target": "gone: blind, nowhere,s,1"}
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    _local_call(ast)
+    rec = _conversation(sim)
+    wait_until(lambda: bool(rec.tool_results), 15, "the result")
+    time.sleep(0.5)
+    assert not rec.done, "the conversation goes on"
+    ast.cli("channel request hangup all")
+    assert rec.tool_results[0]["is_error"] is True
+    assert rec.tool_results[0]["result"] == (
+        "transfer to gone failed: the target is not in the dialplan"
+    )
+    assert _result(ast)["status"] == "HANGUP"
+
+
 # --- warm ----------------------------------------------------------------------------------------
 
 
@@ -355,6 +377,60 @@ def test_warm_transfer_answered_bridges_and_closes_1000(
     end = ami.of("ElevenLabsConvAIEnd")[0]
     assert end["Status"] == "TRANSFER", end
     assert log_time(ring_line) - t_call < 1.0
+
+
+@pytest.mark.sip
+def test_warm_transfer_to_a_sip_phone_ringing_and_answer_times(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """The warm target is a SIP phone (SIPp's built-in UAS: 180 Ringing, then 200 OK): the
+    time from the agent's tool call to the phone ringing, and to the answer, over real SIP."""
+    uas_port = free_port(udp=True, tcp=False)
+    desk = f"""
+[desk]
+type = endpoint
+transport = transport-udp
+context = test
+disallow = all
+allow = ulaw
+direct_media = no
+aors = desk
+
+[desk]
+type = aor
+contact = sip:desk@127.0.0.1:{uas_port}
+"""
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "desk"}}
+    tools = {"tool": "transfer_call: transfer", "transfer_target": "desk: warm, PJSIP/desk"}
+    sim = simulator(_scenario([call], end_keyword=None))
+    uas = subprocess.Popen(
+        [SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1", "-nostdin"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ast, _ = _asterisk(
+            convai_asterisk, sim, tools, configs={"pjsip.conf": lambda a: a.pjsip_conf(extra=desk)}
+        )
+        with AmiEvents(ast) as ami:
+            _local_call(ast)
+            rec = _conversation(sim)
+            answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+            ami.wait("BridgeEnter", count=2, timeout=10)
+            ast.cli("channel request hangup all")
+    finally:
+        uas.terminate()
+        uas.wait(timeout=5)
+    t_call = sim_event_time(rec, "client_tool_call")[0]
+    t_started = next(t for t, e in ami.timed("ElevenLabsConvAITransferStarted"))
+    ring, answer = float(answered["RingSeconds"]), float(answered["Seconds"])
+    lead = t_started - t_call
+    print(
+        f"warm transfer to a SIP phone: tool call -> transfer started {lead:.3f} s, "
+        f"-> ringing {lead + ring:.3f} s, -> answered {lead + answer:.3f} s"
+    )
+    assert answered["Mode"] == "warm" and rec.client_close_code == 1000
+    assert 0 <= ring <= answer < 2.0, answered
 
 
 def test_warm_transfer_whisper_is_heard_by_the_person_who_answers(
@@ -431,6 +507,41 @@ def test_warm_transfer_not_answered_the_agent_goes_on(
     assert "Transfer targets: support (warm)" in shown and "transfer_call (transfer)" in shown
     assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="failed"}') == 1
     assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="answered"}') == 0
+
+
+def test_warm_transfer_busy_and_caller_leaving_while_it_rings(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Busy: the agent hears why at once. The caller hangs up while the target rings: the
+    target is hung up too (no channel left behind) and the transfer is reported failed."""
+    calls = [
+        {"tool_name": "transfer_call", "parameters": {"destination": "busy"}},
+        {"tool_name": "transfer_call", "parameters": {"destination": "ringing"}},
+    ]
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": [
+            "busy: warm, Local/busy@targets",
+            "ringing: warm, Local/noanswer@targets, timeout=60",
+        ],
+    }
+    sim = simulator(_scenario(calls, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        rec = _conversation(sim)
+        busy = ami.wait("ElevenLabsConvAITransferFailed", timeout=20)[0]
+        wait_until(lambda: bool(rec.contextual_updates), 5, "the agent told")
+        ami.wait("ElevenLabsConvAITransferStarted", count=2, timeout=20)
+        ast.wait_for_log(r"TARGET ringing", timeout=10)
+        caller = next(c for c in ast.channels() if c.startswith("Local/100@test") and c[-1] == "1")
+        ast.cli(f"channel request hangup {caller}")
+        left = ami.wait("ElevenLabsConvAITransferFailed", count=2, timeout=10)[1]
+        ast.wait_no_channels(10)
+    assert busy["Target"] == "busy" and busy["Reason"] == "the line is busy", busy
+    assert "to busy did not go through: the line is busy" in rec.contextual_updates[0]["text"]
+    assert left["Target"] == "ringing" and left["Reason"] == "the call ended first", left
+    assert _result(ast)["status"] == "HANGUP"
 
 
 # --- DTMF, variables, hangup ----------------------------------------------------------------------
