@@ -613,6 +613,9 @@ def test_tls_refuses_a_bad_certificate_naming_why(
     _call(ast, "badtls")
     line = out.check("FAILED", reason, cause_line("badtls"), result_timeout=40)
     assert why in line, line
+    if leg == "https":  # refused at once: no retry can fix a certificate
+        assert "after 1 attempt(s)" in line, line
+        assert len(bad.signed_url_arrivals) == 0, "the request went through a bad certificate"
     assert not bad.conversations
 
 
