@@ -223,6 +223,7 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert gap_ms <= 200, gap_ms
 
 
+@pytest.mark.sip
 def test_blind_transfer_of_a_sip_caller_with_refer(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
