@@ -611,6 +611,7 @@ def _samples(path: Any) -> bytes:
         return w.readframes(w.getnframes())
 
 
+@pytest.mark.sip
 def test_mixmonitor_records_caller_and_agent_aligned(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
