@@ -108,6 +108,8 @@
 			</since>
 			<synopsis>Raised when a conversation with an agent has started.</synopsis>
 			<syntax>
+				<!-- convai: common fields (every ElevenLabsConvAI* event starts with them; c/extract_docs.py
+				     copies them where an event says "convai: the common fields") -->
 				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
 				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
 				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
@@ -115,6 +117,7 @@
 				when the call started; empty when the agent is not configured).</para></parameter>
 				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
 				the conversation has started.</para></parameter>
+				<!-- convai: end of the common fields -->
 				<parameter name="InputFormat"><para>Caller audio format sent to the agent.</para></parameter>
 				<parameter name="OutputFormat"><para>Agent audio format played to the caller.</para></parameter>
 			</syntax>
@@ -127,13 +130,7 @@
 			</since>
 			<synopsis>Raised when the caller interrupts the agent.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="EventID"><para>The interruption's event id: older agent audio is dropped.</para></parameter>
 			</syntax>
 		</managerEventInstance>
@@ -145,13 +142,7 @@
 			</since>
 			<synopsis>Raised when the agent calls a client tool.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="ToolName"><para>As the agent sent it; like every value the server
 				chooses, control characters are replaced by spaces before it reaches AMI.</para></parameter>
 				<parameter name="ToolCallID"/>
@@ -170,13 +161,7 @@
 			</since>
 			<synopsis>Raised at the end of a conversation with its media statistics.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="FramesPlayed"><para>20 ms frames of agent audio written.</para></parameter>
 				<parameter name="Underruns"><para>Ticks with agent audio waiting in Python but none in the ring.</para></parameter>
 				<parameter name="LateTicks"><para>Timer ticks the channel thread was late for (caught up).</para></parameter>
@@ -187,7 +172,7 @@
 				<parameter name="BytesUp"/>
 				<parameter name="BytesDown"/>
 				<parameter name="BacklogDropped"><para>Agent frames refused because the call already
-				queued the most agent audio it may (70 s).</para></parameter>
+				queued the most agent audio it may (about 61 s: the ring and 60 s beyond it).</para></parameter>
 				<parameter name="PlayoutP50Us"><para>Deviation of the interval between writes from 20 ms;
 				also P99Us, MaxUs, Count and Hist (sparse <literal>bucket:count</literal> list) for
 				Playout, FirstFrame (agent audio received to first frame written), BargeIn
@@ -203,13 +188,7 @@
 			</since>
 			<synopsis>Raised when a conversation with an agent has ended, or failed to start.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Status"><para>COMPLETED, HANGUP, FAILED or TRANSFER.</para></parameter>
 				<parameter name="Reason"><para>As in <variable>ELEVENLABS_END_REASON</variable>.</para></parameter>
 				<parameter name="Duration"><para>Seconds since the application started
@@ -225,17 +204,13 @@
 			</since>
 			<synopsis>Raised when the module starts a transfer the agent asked for (blind: accepted; warm: the target is being called).</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
+				agent asked (absent if it never rang).</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -246,17 +221,13 @@
 			</since>
 			<synopsis>Raised when a warm transfer's target answered (the caller is bridged to it next), or the caller's phone accepted a SIP REFER.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
+				agent asked (absent if it never rang).</para></parameter>
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -267,17 +238,13 @@
 			</since>
 			<synopsis>Raised when a transfer failed: no answer, busy, the target hung up, a REFER was rejected, or the call ended first.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
+				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
+				agent asked (absent if it never rang).</para></parameter>
 				<parameter name="Reason"><para>Why, e.g. <literal>no answer after 25 s</literal>.</para></parameter>
 			</syntax>
 		</managerEventInstance>
@@ -289,13 +256,7 @@
 			</since>
 			<synopsis>Raised when one of the agent's system tools ran on the ElevenLabs side (end_call, transfer_to_number, voicemail_detection, play_keypad_touch_tone): informational, a WebSocket call gets no telephony effect from them.</synopsis>
 			<syntax>
-				<parameter name="Channel"><para>The channel talking to the agent.</para></parameter>
-				<parameter name="Uniqueid"><para>The channel's unique id.</para></parameter>
-				<parameter name="Agent"><para>The agent's section name in <filename>elevenlabs.conf</filename>.</para></parameter>
-				<parameter name="AgentID"><para>The ElevenLabs agent id the call uses (<literal>elevenlabs_agent_id</literal>
-				when the call started; empty when the agent is not configured).</para></parameter>
-				<parameter name="ConversationID"><para>The ElevenLabs conversation id; empty until
-				the conversation has started.</para></parameter>
+				<!-- convai: the common fields -->
 				<parameter name="ToolName"/>
 				<parameter name="ToolCallID"/>
 				<parameter name="IsError"><para><literal>true</literal> or <literal>false</literal>.</para></parameter>
@@ -343,13 +304,50 @@ AST_APP_OPTIONS(convai_opts, {
 	AST_APP_OPTION('h', OPT_HANGUP),
 });
 
+/* The agent of the section \a name, or NULL with the reason logged. */
+static struct convai_agent *exec_agent(struct ast_channel *chan, struct convai_config *cfg,
+	const char *name)
+{
+	struct convai_agent *agent = cfg ? convai_config_find_agent(cfg, name) : NULL;
+
+	if (!agent) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: agent [%s] %s; ELEVENLABS_STATUS=FAILED\n",
+			ast_channel_name(chan), name, name, cfg && convai_config_is_disabled(cfg, name)
+				? "is disabled: its section in " CONFIG_FILE " has errors (see the last (re)load)"
+				: "is not configured in " CONFIG_FILE);
+	}
+	return agent;
+}
+
+/* What the application returns once the call is over: -1 hangs the channel up. */
+static int exec_result(struct convai_call *c, const struct ast_flags *opts)
+{
+	int hangup = c->agent->hangup_on_end;
+
+	if (ast_test_flag(opts, OPT_CONTINUE)) {
+		hangup = 0;
+	} else if (ast_test_flag(opts, OPT_HANGUP)) {
+		hangup = 1;
+	}
+	switch (c->status) {
+	case CONVAI_STATUS_HANGUP:
+		return -1;
+	case CONVAI_STATUS_COMPLETED:
+		return hangup ? -1 : 0;
+	case CONVAI_STATUS_TRANSFER:
+		return c->transfer_res;   /* 0: continue at the blind target; -1: bridged or REFERred */
+	default:
+		return 0;   /* FAILED: the dialplan goes on to its fallback */
+	}
+}
+
 static int convai_exec(struct ast_channel *chan, const char *data)
 {
 	RAII_VAR(struct convai_config *, cfg, convai_config_get(), ao2_cleanup);
 	struct convai_agent *agent;
 	struct ast_flags opts = { 0 };
 	struct convai_call *c;
-	int hangup, res;
+	int res;
 	char *parse;
 	AST_DECLARE_APP_ARGS(args,
 		AST_APP_ARG(agent);
@@ -366,12 +364,7 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	if (!ast_strlen_zero(args.options)) {
 		ast_app_parse_options(convai_opts, &opts, NULL, args.options);
 	}
-	if (!cfg || !(agent = convai_config_find_agent(cfg, args.agent))) {
-		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: agent [%s] %s; ELEVENLABS_STATUS=FAILED\n",
-			ast_channel_name(chan), args.agent, args.agent,
-			cfg && convai_config_is_disabled(cfg, args.agent)
-				? "is disabled: its section in " CONFIG_FILE " has errors (see the last (re)load)"
-				: "is not configured in " CONFIG_FILE);
+	if (!(agent = exec_agent(chan, cfg, args.agent))) {
 		return convai_fail_early(chan, args.agent, CONVAI_REASON_UNKNOWN_AGENT);
 	}
 	if (!convai_runtime_available()) {
@@ -387,19 +380,8 @@ static int convai_exec(struct ast_channel *chan, const char *data)
 	}
 	ast_verb(3, LOG_PREFIX "%s [%s]: connecting to agent [%s] (agent ID %s)\n",
 		ast_channel_name(chan), agent->name, agent->name, agent->agent_id);
-
 	convai_call_run(c);
-
-	hangup = agent->hangup_on_end;
-	if (ast_test_flag(&opts, OPT_CONTINUE)) {
-		hangup = 0;
-	} else if (ast_test_flag(&opts, OPT_HANGUP)) {
-		hangup = 1;
-	}
-	res = c->status == CONVAI_STATUS_HANGUP || (c->status == CONVAI_STATUS_COMPLETED && hangup) ? -1 : 0;
-	if (c->status == CONVAI_STATUS_TRANSFER) {
-		res = c->transfer_res;   /* 0: continue at the blind target; -1: bridged or REFERred */
-	}
+	res = exec_result(c, &opts);
 	convai_call_destroy(c);
 	return res;
 }

@@ -39,7 +39,7 @@
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
-#define INBOX_SLOTS 16           /* tool results from AMI waiting for the call's thread */
+#define INBOX_SLOTS 8            /* tool results from AMI waiting for the call's thread */
 #define DTMF_TONE_TICKS 5        /* 100 ms per digit the agent sends */
 #define DTMF_GAP_TICKS 5         /* 100 ms between digits */
 
@@ -91,11 +91,12 @@ static int call_enter(struct convai_call *c, enum call_phase to, enum convai_sta
 	return 0;
 }
 
-/* The channel has gone: the caller hung up, or Asterisk is shutting down (`core stop now`). */
+/* The channel has gone: the caller hung up, or Asterisk hung it up to shut down (`core stop
+ * now` sets AST_SOFTHANGUP_SHUTDOWN). Not ast_shutting_down(): during `core stop gracefully`
+ * calls run to their normal end, and a caller hanging up then is a plain HANGUP. */
 static void call_hung_up(struct convai_call *c)
 {
-	if (ast_shutting_down()
-		|| (ast_channel_softhangup_internal_flag(c->chan) & AST_SOFTHANGUP_SHUTDOWN)) {
+	if (ast_channel_softhangup_internal_flag(c->chan) & AST_SOFTHANGUP_SHUTDOWN) {
 		call_enter(c, CALL_DONE, CONVAI_STATUS_FAILED, CONVAI_REASON_SHUTDOWN);
 	} else {
 		call_enter(c, CALL_DONE, CONVAI_STATUS_HANGUP, CONVAI_REASON_CALLER_HANGUP);
@@ -107,7 +108,7 @@ static void call_hung_up(struct convai_call *c)
 static void call_send(struct convai_call *c, uint32_t type, const void *rec, uint32_t len)
 {
 	if (!convai_ring_push(c->sess->to_py, type, rec, len)) {
-		eventfd_write(c->sess->up_efd, 1);
+		convai_session_notify(c->sess);
 	}
 }
 
@@ -137,15 +138,14 @@ int convai_call_post(struct convai_call *c, uint32_t type, const void *rec, uint
 	return res ? -1 : 0;
 }
 
-/* Another thread has news: tool results from AMI for Python, the transfer dialler's state. */
+/* Another thread has news: tool results from AMI for Python, the transfer dialler's state.
+ * They share the session's down eventfd with Python's commands (call_on_commands reads it). */
 static void call_on_wake(struct convai_call *c)
 {
 	uint32_t rec[CONVAI_CMD_BYTES / sizeof(uint32_t) + 1];   /* aligned for the records */
-	eventfd_t ignored;
 	uint32_t type;
 	int len;
 
-	eventfd_read(c->wake_efd, &ignored);
 	while ((len = convai_ring_pop(c->inbox, &type, rec, CONVAI_CMD_BYTES)) >= 0) {
 		call_send(c, type, rec, (uint32_t) len);
 	}
@@ -579,7 +579,7 @@ static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t
 	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_UP, pushed);
 	if (atomic_fetch_add(&c->sess->up_unsignalled, pushed) + pushed >= c->sess->up_batch_frames) {
 		atomic_store(&c->sess->up_unsignalled, 0);
-		eventfd_write(c->sess->up_efd, 1);
+		convai_session_notify(c->sess);
 	}
 }
 
@@ -635,12 +635,12 @@ static void call_end_at_max_duration(struct convai_call *c)
 
 static void call_loop(struct convai_call *c)
 {
-	int fds[3] = { c->tfd, c->sess->down_efd, c->wake_efd };
+	int fds[2] = { c->tfd, c->sess->down_efd };
 	int64_t max_ms = c->agent->max_duration ? (int64_t) c->agent->max_duration * 1000 : -1;
 
 	while (c->phase != CALL_DONE) {
 		int ms = 1000, outfd = -1;
-		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 3, NULL, &outfd, &ms);
+		struct ast_channel *ready = ast_waitfor_nandfds(&c->chan, 1, fds, 2, NULL, &outfd, &ms);
 		int64_t elapsed = ast_tvdiff_ms(ast_tvnow(), c->start);
 
 		if (ready) {
@@ -651,7 +651,6 @@ static void call_loop(struct convai_call *c)
 			call_on_tick(c);
 		} else if (outfd == c->sess->down_efd) {
 			call_on_commands(c);
-		} else if (outfd == c->wake_efd) {
 			call_on_wake(c);
 		} else if (ms < 0) {
 			call_hung_up(c);
@@ -753,21 +752,20 @@ struct convai_call *convai_call_new(struct ast_channel *chan, struct convai_agen
 		return NULL;
 	}
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	c->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	/* Other threads wake this loop through the session's down eventfd, as Python does: one
+	 * wakeup fd per call (fds per call are an issue-12 target; bench/). */
+	c->wake_efd = c->sess->down_efd;
 	c->inbox = ast_calloc(1, convai_ring_size(INBOX_SLOTS, CONVAI_CMD_BYTES));
 	if (c->inbox) {
 		convai_ring_init(c->inbox, INBOX_SLOTS, CONVAI_CMD_BYTES);
 	}
-	if (c->tfd < 0 || c->wake_efd < 0 || !c->inbox) {
+	if (c->tfd < 0 || !c->inbox) {
 		ast_log(LOG_ERROR, LOG_PREFIX "%s [%s]: cannot create a timer: %s\n",
 			ast_channel_name(chan), agent->name, strerror(errno));
 		convai_session_release(c->sess);
 		convai_session_release(c->sess);   /* Python's reference too: it never saw the session */
 		if (c->tfd >= 0) {
 			close(c->tfd);
-		}
-		if (c->wake_efd >= 0) {
-			close(c->wake_efd);
 		}
 		ast_free(c->inbox);
 		ast_free(c);
@@ -789,7 +787,6 @@ void convai_call_destroy(struct convai_call *c)
 	ast_mutex_destroy(&c->inbox_lock);
 	convai_session_release(c->sess);
 	close(c->tfd);
-	close(c->wake_efd);
 	ao2_ref(c->agent, -1);
 	ast_free(c);
 }

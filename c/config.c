@@ -407,82 +407,122 @@ static int parse_target(struct convai_agent *a, struct ast_variable *v, const ch
 	return 0;
 }
 
+static int parse_endpoint(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	const char *host = !strncasecmp(v->value, "https://", 8) ? v->value + 8
+		: !strncasecmp(v->value, "http://", 7) ? v->value + 7 : NULL;
+
+	if (!host) {
+		CONF_ERR(v, cat, "'%.64s' is not an http:// or https:// URL", v->value);
+		return -1;
+	}
+	if (ast_strlen_zero(host) || *host == '/' || strpbrk(v->value, " \t")) {
+		CONF_ERR(v, cat, "'%.64s' has no host name or contains spaces", v->value);
+		return -1;
+	}
+	return copy_str(v, cat, a->endpoint, sizeof(a->endpoint));
+}
+
+static int parse_send_caller(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	return parse_bool(v, cat, &a->send_caller_number);
+}
+
+static int parse_buffer_ms(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	if (parse_int(v, cat, CONVAI_BUFFER_MS_MIN, CONVAI_BUFFER_MS_MAX, &a->buffer_ms)) {
+		return -1;
+	}
+	if (a->buffer_ms % 20) {
+		CONF_ERR(v, cat, "%d is not a multiple of 20 ms", a->buffer_ms);
+		return -1;
+	}
+	return 0;
+}
+
+static int parse_on_end(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	if (strcasecmp(v->value, "hangup") && strcasecmp(v->value, "continue")) {
+		CONF_ERR(v, cat, "'%s' is neither 'hangup' nor 'continue'", v->value);
+		return -1;
+	}
+	a->hangup_on_end = !strcasecmp(v->value, "hangup");
+	return 0;
+}
+
+static int parse_max_duration(struct convai_agent *a, struct ast_variable *v, const char *cat)
+{
+	return parse_int(v, cat, 0, 86400, &a->max_duration);
+}
+
+static int parse_dynamic_variable(struct convai_agent *a, struct ast_variable *v,
+	const char *cat)
+{
+	char *name = ast_strdupa(v->value);
+	char *eq = strchr(name, '=');
+	struct ast_variable *dv;
+	const char *p;
+
+	if (!eq) {
+		CONF_ERR(v, cat, "'%s' is not name=value", v->value);
+		return -1;
+	}
+	*eq = '\0';
+	name = ast_strip(name);
+	for (p = name; *p && (isalnum((unsigned char) *p) || *p == '_'); p++) {
+	}
+	if (ast_strlen_zero(name) || *p) {
+		CONF_ERR(v, cat, "'%s' is not name=value with a name of letters, digits and _",
+			v->value);
+		return -1;
+	}
+	dv = ast_variable_new(name, ast_skip_blanks(eq + 1), v->file);
+	if (!dv) {
+		return -1;
+	}
+	ast_variable_list_append(&a->dynamic_variables, dv);
+	return 0;
+}
+
+/* A key with a parser of its own. */
+#define FN_KEY(key, fn) { key, fn, 0, 0 }
+/* A string key: copied into the agent's field at that offset, of that size. */
+#define STR_KEY(key, field) \
+	{ key, NULL, offsetof(struct convai_agent, field), sizeof(((struct convai_agent *) 0)->field) }
+
+/* Every key of an agent's section: a parser, or a string field. */
+static const struct {
+	const char *key;
+	int (*parse)(struct convai_agent *a, struct ast_variable *v, const char *cat);
+	size_t offset;
+	size_t size;
+} agent_keys[] = {
+	STR_KEY("elevenlabs_api_key", api_key),
+	FN_KEY("elevenlabs_get_signed_url_endpoint", parse_endpoint),
+	STR_KEY("elevenlabs_agent_id", agent_id),
+	FN_KEY("elevenlabs_send_caller_number", parse_send_caller),
+	FN_KEY("elevenlabs_audio_frames_buffer_ms", parse_buffer_ms),
+	FN_KEY("on_end", parse_on_end),
+	FN_KEY("max_duration", parse_max_duration),
+	STR_KEY("first_message", first_message),
+	STR_KEY("language", language),
+	STR_KEY("voice_id", voice_id),
+	STR_KEY("prompt", prompt),
+	FN_KEY("dynamic_variable", parse_dynamic_variable),
+	FN_KEY("tool", parse_tool),
+	FN_KEY("transfer_target", parse_target),
+};
+
 static int parse_agent_key(struct convai_agent *a, struct ast_variable *v, const char *cat)
 {
-	if (!strcasecmp(v->name, "tool")) {
-		return parse_tool(a, v, cat);
-	} else if (!strcasecmp(v->name, "transfer_target")) {
-		return parse_target(a, v, cat);
-	} else if (!strcasecmp(v->name, "elevenlabs_api_key")) {
-		return copy_str(v, cat, a->api_key, sizeof(a->api_key));
-	} else if (!strcasecmp(v->name, "elevenlabs_get_signed_url_endpoint")) {
-		const char *host = !strncasecmp(v->value, "https://", 8) ? v->value + 8
-			: !strncasecmp(v->value, "http://", 7) ? v->value + 7 : NULL;
+	size_t i;
 
-		if (!host) {
-			CONF_ERR(v, cat, "'%.64s' is not an http:// or https:// URL", v->value);
-			return -1;
+	for (i = 0; i < ARRAY_LEN(agent_keys); i++) {
+		if (strcasecmp(v->name, agent_keys[i].key)) {
+			continue;
 		}
-		if (ast_strlen_zero(host) || *host == '/' || strpbrk(v->value, " \t")) {
-			CONF_ERR(v, cat, "'%.64s' has no host name or contains spaces", v->value);
-			return -1;
-		}
-		return copy_str(v, cat, a->endpoint, sizeof(a->endpoint));
-	} else if (!strcasecmp(v->name, "elevenlabs_agent_id")) {
-		return copy_str(v, cat, a->agent_id, sizeof(a->agent_id));
-	} else if (!strcasecmp(v->name, "elevenlabs_send_caller_number")) {
-		return parse_bool(v, cat, &a->send_caller_number);
-	} else if (!strcasecmp(v->name, "elevenlabs_audio_frames_buffer_ms")) {
-		if (parse_int(v, cat, CONVAI_BUFFER_MS_MIN, CONVAI_BUFFER_MS_MAX, &a->buffer_ms)) {
-			return -1;
-		}
-		if (a->buffer_ms % 20) {
-			CONF_ERR(v, cat, "%d is not a multiple of 20 ms", a->buffer_ms);
-			return -1;
-		}
-		return 0;
-	} else if (!strcasecmp(v->name, "on_end")) {
-		if (strcasecmp(v->value, "hangup") && strcasecmp(v->value, "continue")) {
-			CONF_ERR(v, cat, "'%s' is neither 'hangup' nor 'continue'", v->value);
-			return -1;
-		}
-		a->hangup_on_end = !strcasecmp(v->value, "hangup");
-		return 0;
-	} else if (!strcasecmp(v->name, "max_duration")) {
-		return parse_int(v, cat, 0, 86400, &a->max_duration);
-	} else if (!strcasecmp(v->name, "first_message")) {
-		return copy_str(v, cat, a->first_message, sizeof(a->first_message));
-	} else if (!strcasecmp(v->name, "language")) {
-		return copy_str(v, cat, a->language, sizeof(a->language));
-	} else if (!strcasecmp(v->name, "voice_id")) {
-		return copy_str(v, cat, a->voice_id, sizeof(a->voice_id));
-	} else if (!strcasecmp(v->name, "prompt")) {
-		return copy_str(v, cat, a->prompt, sizeof(a->prompt));
-	} else if (!strcasecmp(v->name, "dynamic_variable")) {
-		char *name = ast_strdupa(v->value);
-		char *eq = strchr(name, '=');
-		struct ast_variable *dv;
-		const char *p;
-
-		if (!eq) {
-			CONF_ERR(v, cat, "'%s' is not name=value", v->value);
-			return -1;
-		}
-		*eq = '\0';
-		name = ast_strip(name);
-		for (p = name; *p && (isalnum((unsigned char) *p) || *p == '_'); p++) {
-		}
-		if (ast_strlen_zero(name) || *p) {
-			CONF_ERR(v, cat, "'%s' is not name=value with a name of letters, digits and _",
-				v->value);
-			return -1;
-		}
-		dv = ast_variable_new(name, ast_skip_blanks(eq + 1), v->file);
-		if (!dv) {
-			return -1;
-		}
-		ast_variable_list_append(&a->dynamic_variables, dv);
-		return 0;
+		return agent_keys[i].parse ? agent_keys[i].parse(a, v, cat)
+			: copy_str(v, cat, (char *) a + agent_keys[i].offset, agent_keys[i].size);
 	}
 	CONF_WARN(v, cat, "unknown key, ignored");
 	return 0;
@@ -532,6 +572,54 @@ static void warn_unusable_tools(struct convai_agent *a, const char *file, const 
 	}
 }
 
+/* A section name too long for an agent: say so, cut at a character boundary. */
+static void log_long_section(const char *cat, size_t max)
+{
+	int line = section_line(CONFIG_FILE, cat, 1);
+	int cut = 32;
+
+	while (cut > 0 && ((unsigned char) cat[cut] & 0xC0) == 0x80) {
+		cut--;   /* not inside a UTF-8 character */
+	}
+	if (line) {
+		ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%.*s...]: the section name is longer "
+			"than %zu characters\n", CONFIG_FILE, line, cut, cat, max);
+	} else {   /* in an #include'd file */
+		ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.*s...]: the section name is longer than %zu "
+			"characters\n", CONFIG_FILE, cut, cat, max);
+	}
+}
+
+/* The keys an agent cannot do without. \retval -1 one is missing (logged with its line) */
+static int check_required(const struct convai_agent *a, const char *file, const char *cat)
+{
+	const struct { const char *key; const char *value; } required[] = {
+		{ "elevenlabs_api_key", a->api_key },
+		{ "elevenlabs_get_signed_url_endpoint", a->endpoint },
+		{ "elevenlabs_agent_id", a->agent_id },
+	};
+	int bad = 0;
+	size_t i;
+
+	for (i = 0; i < ARRAY_LEN(required); i++) {
+		int line;
+
+		if (!ast_strlen_zero(required[i].value)) {
+			continue;
+		}
+		line = section_line(file, cat, 0);
+		if (line) {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "
+				"required\n", file, line, cat, required[i].key);
+		} else {
+			ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] %s: missing or empty; it is required\n",
+				file, cat, required[i].key);
+		}
+		bad = -1;
+	}
+	return bad;
+}
+
 static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 {
 	RAII_VAR(struct convai_agent *, a, ao2_alloc_options(sizeof(*a), agent_destroy,
@@ -539,30 +627,12 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 	struct ast_variable *v;
 	const char *file = CONFIG_FILE;
 	int bad = 0;
-	size_t i;
-	const struct { const char *key; const char *value; } required[] = {
-		{ "elevenlabs_api_key", a ? a->api_key : "" },
-		{ "elevenlabs_get_signed_url_endpoint", a ? a->endpoint : "" },
-		{ "elevenlabs_agent_id", a ? a->agent_id : "" },
-	};
 
 	if (!a) {
 		return NULL;
 	}
 	if (strlen(cat) >= sizeof(a->name)) {
-		int line = section_line(CONFIG_FILE, cat, 1);
-		int cut = 32;
-
-		while (cut > 0 && ((unsigned char) cat[cut] & 0xC0) == 0x80) {
-			cut--;   /* not inside a UTF-8 character */
-		}
-		if (line) {
-			ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%.*s...]: the section name is longer "
-				"than %zu characters\n", CONFIG_FILE, line, cut, cat, sizeof(a->name) - 1);
-		} else {   /* in an #include'd file */
-			ast_log(LOG_ERROR, LOG_PREFIX "%s: [%.*s...]: the section name is longer than %zu "
-				"characters\n", CONFIG_FILE, cut, cat, sizeof(a->name) - 1);
-		}
+		log_long_section(cat, sizeof(a->name) - 1);
 		return NULL;
 	}
 	ast_copy_string(a->name, cat, sizeof(a->name));
@@ -573,21 +643,7 @@ static struct convai_agent *parse_agent(struct ast_config *raw, const char *cat)
 		bad |= parse_agent_key(a, v, cat) != 0;
 		file = S_OR(v->file, file);   /* the section's own lines come last */
 	}
-	for (i = 0; i < ARRAY_LEN(required); i++) {
-		if (ast_strlen_zero(required[i].value)) {
-			int line = section_line(file, cat, 0);
-
-			if (line) {
-				ast_log(LOG_ERROR, LOG_PREFIX "%s line %d: [%s] %s: missing or empty; it is "
-					"required\n", file, line, cat, required[i].key);
-			} else {
-				ast_log(LOG_ERROR, LOG_PREFIX "%s: [%s] %s: missing or empty; it is required\n",
-					file, cat, required[i].key);
-			}
-			bad = 1;
-		}
-	}
-	if (bad) {
+	if (check_required(a, file, cat) || bad) {
 		return NULL;
 	}
 	warn_unusable_tools(a, file, cat);

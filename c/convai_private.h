@@ -161,6 +161,12 @@ struct convai_session *convai_session_new(struct ast_channel *chan, struct conva
 /*! \brief Hand the session to Python (it takes it on its next wake-up). */
 void convai_session_submit(struct convai_session *s);
 
+/*!
+ * \brief Tell Python the session has caller audio or a command for it: listed on the host's
+ * ready list, and the host's eventfd written if it was not listed yet. Any channel thread.
+ */
+void convai_session_notify(struct convai_session *s);
+
 /*! \brief Take back a session Python never took. \retval 1 it was still pending */
 int convai_session_withdraw(struct convai_session *s);
 
@@ -219,7 +225,8 @@ struct convai_call {
 	uint32_t last_played_id;
 	uint32_t last_write_us;
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
-	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop */
+	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop: the
+	                             * session's down_efd, shared with Python's commands */
 	ast_mutex_t inbox_lock;     /* serialises the AMI threads that push into inbox */
 	struct convai_ring *inbox;  /* command records from other threads, for Python, via this one */
 	struct convai_transfer *xfer;   /* the transfer under way (transfer.c), or NULL */

@@ -25,19 +25,24 @@
 /* --- cffi: begin --- */
 
 /* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
-#define CONVAI_ABI_VERSION 4
+#define CONVAI_ABI_VERSION 5
 
 #define CONVAI_HOST_MAGIC 0x434f4e56    /* "CONV" */
 #define CONVAI_SESSION_MAGIC 0x53455353 /* "SESS": checked by Python when it takes a session */
 
 /* Largest 20 ms frame: pcm_16000 is 640 bytes. */
 #define CONVAI_FRAME_MAX 640
-/* Down ring: 10.24 s of agent audio; Python keeps any excess in its own bounded backlog. */
-#define CONVAI_DOWN_SLOTS 512
-/* Up ring: 2.56 s of caller audio. */
-#define CONVAI_UP_SLOTS 128
-/* Command queues: slots of one command record each (see below). */
-#define CONVAI_CMD_SLOTS 64
+/* Down ring: 1.28 s of agent audio; Python keeps any excess in its own bounded backlog and
+ * tops the ring up every 0.25 s (host.py TOP_UP_S), so the ring holds over a second whenever
+ * audio waits. Every slot becomes resident (calloc, and the ring's cycle touches them all):
+ * 42 KB a call, where 512 slots were 336 KB (bench/). */
+#define CONVAI_DOWN_SLOTS 64
+/* Up ring: two chunks of the agent's buffer_ms, at least 0.64 s of caller audio: Python pops
+ * each chunk as it is signalled and may be one chunk (and at least 400 ms) late. */
+#define CONVAI_UP_SLOTS_MIN 32
+/* Command queues: slots of one command record each (see below); each side drains its queue
+ * within a loop turn, and a call sends a few commands a second at most. */
+#define CONVAI_CMD_SLOTS 16
 #define CONVAI_CMD_BYTES 1000
 
 /* elevenlabs_audio_frames_buffer_ms: caller audio per WebSocket message, a multiple of 20. */
@@ -348,8 +353,9 @@ static inline uint64_t convai_hist_upper(int b)
 struct convai_session {
 	uint32_t magic;
 	uint32_t id;
-	_Atomic int refs;          /* one for the app thread, one for Python */
-	int up_efd;                /* C -> Python: caller audio chunk ready or command queued */
+	_Atomic int refs;          /* the app thread, Python, and the host's ready list */
+	_Atomic int ready;         /* on the host's ready list: Python will look at it */
+	struct convai_session *next_ready;
 	int down_efd;              /* Python -> C: command queued */
 	uint32_t up_batch_frames;  /* signal Python once this many caller frames are queued */
 	_Atomic uint32_t up_unsignalled;
@@ -392,7 +398,10 @@ enum convai_log_level {
 struct convai_host {
 	uint32_t magic;
 	uint32_t abi_version;
-	int wake_efd;                /* C -> Python: sessions pending, reload or stop */
+	int wake_efd;                /* C -> Python: sessions pending or ready, reload or stop */
+	/* Sessions with caller audio or a command for Python (a lock-free stack, any channel
+	 * thread pushes, Python takes it whole): one eventfd for every call, not one per call. */
+	_Atomic(struct convai_session *) ready;
 	_Atomic int debug;           /* `elevenlabs debug on|off` */
 	_Atomic int stop;            /* Asterisk is shutting down */
 	_Atomic int stall_ms;        /* test hook: block the loop this long once (resilience tests) */
@@ -442,6 +451,46 @@ static inline int convai_host_debug(struct convai_host *h)
 static inline int convai_host_take_stall(struct convai_host *h)
 {
 	return atomic_exchange_explicit(&h->stall_ms, 0, memory_order_relaxed);
+}
+
+/*!
+ * \brief A channel thread: list \a s for Python (it has caller audio or a command).
+ * \retval 1 it was not listed: write the host's wake eventfd
+ * The list holds a reference, which Python drops once it has looked (release_session).
+ */
+static inline int convai_session_mark_ready(struct convai_host *h, struct convai_session *s)
+{
+	struct convai_session *head;
+
+	if (atomic_exchange_explicit(&s->ready, 1, memory_order_acq_rel)) {
+		return 0;   /* listed already: Python has yet to look, and will see this too */
+	}
+	atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+	head = atomic_load_explicit(&h->ready, memory_order_relaxed);
+	do {
+		s->next_ready = head;
+	} while (!atomic_compare_exchange_weak_explicit(&h->ready, &head, s,
+		memory_order_release, memory_order_relaxed));
+	return 1;
+}
+
+/*! \brief Python: take every listed session (a chain through convai_session_unready()). */
+static inline struct convai_session *convai_host_take_ready(struct convai_host *h)
+{
+	return atomic_exchange_explicit(&h->ready, NULL, memory_order_acquire);
+}
+
+/*!
+ * \brief Python: unlist a taken session before reading its rings; returns the next one.
+ * An acquire exchange, so what the channel thread pushed before listing it is visible, and
+ * anything it pushes from now on lists it again.
+ */
+static inline struct convai_session *convai_session_unready(struct convai_session *s)
+{
+	struct convai_session *next = s->next_ready;
+
+	atomic_exchange_explicit(&s->ready, 0, memory_order_acq_rel);
+	return next;
 }
 
 static inline int convai_host_stopping(struct convai_host *h)

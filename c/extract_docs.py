@@ -8,6 +8,27 @@ import re
 import sys
 from pathlib import Path
 
+COMMON = re.compile(
+    r"[ \t]*<!-- convai: common fields .*?-->\n(.*?)"
+    r"[ \t]*<!-- convai: end of the common fields -->\n",
+    re.S,
+)
+COMMON_HERE = re.compile(r"[ \t]*<!-- convai: the common fields -->\n")
+
+
+def common_fields(body: str, src: str) -> str:
+    """The fields every ElevenLabsConvAI* event starts with are written once in the source;
+    each event that says so gets a copy (an xi:include would do, but Asterisk 20 drops a
+    third-party file that has one)."""
+    m = COMMON.search(body)
+    if m is None:
+        if COMMON_HERE.search(body):
+            sys.exit(f"{src}: 'convai: the common fields' without their definition")
+        return body
+    fields = m.group(1)
+    body = body[: m.start()] + fields + body[m.end() :]
+    return COMMON_HERE.sub(lambda _: fields, body)
+
 
 def main(src: str, out: str) -> None:
     text = Path(src).read_text(encoding="utf-8")
@@ -16,7 +37,7 @@ def main(src: str, out: str) -> None:
     level = re.search(r"<support_level>(\w+)</support_level>", text)
     if not docs:
         sys.exit(f"{src}: no DOCUMENTATION block")
-    body = "\n".join(docs)
+    body = common_fields("\n".join(docs), src)
     if "<xi:include" in body:
         # Asterisk 22 resolves an include into core-en_US.xml from a third-party file; Asterisk
         # 20 drops the whole file, and `core show application` says "Not available".

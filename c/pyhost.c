@@ -280,12 +280,48 @@ static struct timespec deadline_in(int timeout_ms)
 	return t;
 }
 
+/* The owner thread: 8 MiB of stack, never realtime, every signal blocked. Returns errno. */
+static int owner_spawn(void)
+{
+	/*
+	 * Never realtime, even under `asterisk -p`: the rings hold seconds of audio, so Python can
+	 * wait, while a channel thread that owes a frame every 20 ms must never wait behind it.
+	 */
+	struct sched_param normal = { .sched_priority = 0 };
+	pthread_attr_t attr;
+	sigset_t all, old;
+	int rc;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 8 * 1024 * 1024);
+	pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+	pthread_attr_setschedpolicy(&attr, SCHED_OTHER);
+	pthread_attr_setschedparam(&attr, &normal);
+	/* The thread inherits this mask: no Asterisk signal is ever delivered to Python. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	rc = pthread_create(&owner.thread, &attr, owner_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	return rc;
+}
+
+/* Wait up to timeout_ms for the owner thread to leave OWNER_STARTING. */
+static void owner_wait_started(int timeout_ms)
+{
+	struct timespec deadline = deadline_in(timeout_ms);
+	int rc = 0;
+
+	pthread_mutex_lock(&owner.lock);
+	while (owner.state == OWNER_STARTING && rc != ETIMEDOUT) {
+		rc = pthread_cond_timedwait(&owner.cond, &owner.lock, &deadline);
+	}
+	pthread_mutex_unlock(&owner.lock);
+}
+
 int convai_pyhost_start(struct convai_host *host, const char *python_dir, int timeout_ms,
 	char *err, size_t errlen)
 {
-	pthread_attr_t attr;
-	sigset_t all, old;
-	struct timespec deadline;
 	int rc;
 
 	if (owner.thread_live) {
@@ -296,40 +332,12 @@ int convai_pyhost_start(struct convai_host *host, const char *python_dir, int ti
 	owner.state = OWNER_STARTING;
 	owner.err[0] = '\0';
 	snprintf(owner.dir, sizeof(owner.dir), "%s", python_dir);
-
-	pthread_attr_init(&attr);
-	pthread_attr_setstacksize(&attr, 8 * 1024 * 1024);
-	/*
-	 * Never realtime, even under `asterisk -p`: the rings hold seconds of audio, so Python can
-	 * wait, while a channel thread that owes a frame every 20 ms must never wait behind it.
-	 */
-	{
-		struct sched_param normal = { .sched_priority = 0 };
-
-		pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
-		pthread_attr_setschedpolicy(&attr, SCHED_OTHER);
-		pthread_attr_setschedparam(&attr, &normal);
-	}
-	/* The thread inherits this mask: no Asterisk signal is ever delivered to Python. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	rc = pthread_create(&owner.thread, &attr, owner_main, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_attr_destroy(&attr);
-	if (rc) {
+	if ((rc = owner_spawn())) {
 		snprintf(err, errlen, "cannot start the Python owner thread: %s", strerror(rc));
 		return -1;
 	}
 	owner.thread_live = 1;
-
-	deadline = deadline_in(timeout_ms);
-	pthread_mutex_lock(&owner.lock);
-	rc = 0;
-	while (owner.state == OWNER_STARTING && rc != ETIMEDOUT) {
-		rc = pthread_cond_timedwait(&owner.cond, &owner.lock, &deadline);
-	}
-	pthread_mutex_unlock(&owner.lock);
-
+	owner_wait_started(timeout_ms);
 	if (owner.state == OWNER_READY) {
 		return 0;
 	}

@@ -46,9 +46,6 @@ static struct convai_ring *ring_new(uint32_t slots, uint32_t slot_bytes)
 
 static void session_free(struct convai_session *s)
 {
-	if (s->up_efd >= 0) {
-		close(s->up_efd);
-	}
 	if (s->down_efd >= 0) {
 		close(s->down_efd);
 	}
@@ -76,7 +73,20 @@ void convai_session_release(struct convai_session *s)
 	}
 }
 
-static struct convai_session *session_alloc(void)
+/* Up ring slots for a call sending \a buffer_ms chunks: two chunks and at least
+ * CONVAI_UP_SLOTS_MIN (convai_shared.h), a power of two. */
+static uint32_t up_ring_slots(int buffer_ms)
+{
+	uint32_t want = MAX(CONVAI_UP_SLOTS_MIN, 2u * (uint32_t) MAX(1, buffer_ms / 20));
+	uint32_t slots = CONVAI_UP_SLOTS_MIN;
+
+	while (slots < want) {
+		slots <<= 1;
+	}
+	return slots;
+}
+
+static struct convai_session *session_alloc(int buffer_ms)
 {
 	struct convai_session *s = ast_calloc(1, sizeof(*s));
 
@@ -86,17 +96,23 @@ static struct convai_session *session_alloc(void)
 	s->magic = CONVAI_SESSION_MAGIC;
 	s->id = atomic_fetch_add(&next_session_id, 1) + 1;
 	atomic_init(&s->refs, 2);
-	s->up_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	s->down_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	s->up = ring_new(CONVAI_UP_SLOTS, CONVAI_FRAME_MAX);
+	s->up = ring_new(up_ring_slots(buffer_ms), CONVAI_FRAME_MAX);
 	s->down = ring_new(CONVAI_DOWN_SLOTS, CONVAI_FRAME_MAX);
 	s->to_c = ring_new(CONVAI_CMD_SLOTS, CONVAI_CMD_BYTES);
 	s->to_py = ring_new(CONVAI_CMD_SLOTS, CONVAI_CMD_BYTES);
-	if (s->up_efd < 0 || s->down_efd < 0 || !s->up || !s->down || !s->to_c || !s->to_py) {
+	if (s->down_efd < 0 || !s->up || !s->down || !s->to_c || !s->to_py) {
 		session_free(s);
 		return NULL;
 	}
 	return s;
+}
+
+void convai_session_notify(struct convai_session *s)
+{
+	if (convai_session_mark_ready(&host, s)) {
+		eventfd_write(host.wake_efd, 1);
+	}
 }
 
 void convai_session_submit(struct convai_session *s)
@@ -288,6 +304,16 @@ static int stop_runtime(void)
 	return 0;
 }
 
+/* How long the interpreter may take to start: 30 s, or CONVAI_PYTHON_START_MS from Asterisk's
+ * environment (under valgrind CPython starts 20-50 times slower: scripts/memcheck.sh). */
+static int start_timeout_ms(void)
+{
+	const char *env = getenv("CONVAI_PYTHON_START_MS");
+	int ms;
+
+	return env && sscanf(env, "%d", &ms) == 1 && ms > 0 ? ms : 30000;
+}
+
 int convai_runtime_start(const char *python_path)
 {
 	char err[512];
@@ -303,7 +329,7 @@ int convai_runtime_start(const char *python_path)
 		ast_log(LOG_ERROR, LOG_PREFIX "cannot create an eventfd: %s\n", strerror(errno));
 		return -1;
 	}
-	if (convai_pyhost_start(&host, python_path, 30000, err, sizeof(err))) {
+	if (convai_pyhost_start(&host, python_path, start_timeout_ms(), err, sizeof(err))) {
 		ast_log(LOG_ERROR, LOG_PREFIX "ElevenLabsConvAI not loaded: the Python runtime is "
 			"unavailable (python_path %s): %s\n", python_path, err);
 		close(host.wake_efd);
@@ -318,7 +344,7 @@ int convai_runtime_start(const char *python_path)
 
 struct convai_session *convai_session_new(struct ast_channel *chan, struct convai_agent *a)
 {
-	struct convai_session *s = session_alloc();
+	struct convai_session *s = session_alloc(a->buffer_ms);
 
 	if (s) {
 		session_fill(s, chan, a);

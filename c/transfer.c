@@ -83,10 +83,17 @@ static double since(struct timeval start)
 static void xfer_event(struct convai_call *c, struct convai_transfer *x, const char *name,
 	const char *mode, const char *reason)
 {
-	char body[512];
+	char body[512], ring[48] = "";
+	struct timeval ringing;
 
+	ast_mutex_lock(&x->lock);
+	ringing = x->ringing;
+	ast_mutex_unlock(&x->lock);
+	if (!ast_tvzero(ringing)) {
+		snprintf(ring, sizeof(ring), "RingSeconds: %.3f\r\n", ast_tvdiff_us(ringing, x->started) / 1e6);
+	}
 	snprintf(body, sizeof(body), "Target: %s\r\nMode: %s\r\nToolCallID: %s\r\nSeconds: %.3f\r\n"
-		"%s%s%s", x->target->name, mode, x->tool_call_id, since(x->started),
+		"%s%s%s%s", x->target->name, mode, x->tool_call_id, since(x->started), ring,
 		reason ? "Reason: " : "", S_OR(reason, ""), reason ? "\r\n" : "");
 	convai_call_event(c, name, body);
 }

@@ -9,12 +9,14 @@
 # report, even when every test passed. Leak detection is off here (scripts/memcheck.sh).
 #
 # The subset (the default PYTEST_ARGS): the real-call tests over Local channels, the fault
-# matrix, the operator surface (config, reload, CLI, AMI) and the module's load/unload tests;
+# matrix, the operator surface (config, reload, CLI, AMI), the module's load/unload tests and the
+# config-parser property test;
 # the SIP/RTP tests run the same media loop and are left out to keep this under 10 minutes.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
-export CONVAI_BUILD_DIR=${CONVAI_ASAN_BUILD_DIR:-/var/tmp/convai-asan-build}
-export CONVAI_STAGE_DIR=${CONVAI_ASAN_STAGE_DIR:-/var/tmp/convai-asan-stage}
+# Beside the normal build dirs (testbed.sh run makes those per worktree), never in them.
+export CONVAI_BUILD_DIR=${CONVAI_BUILD_DIR:-/var/tmp/convai-build}-asan
+export CONVAI_STAGE_DIR=${CONVAI_STAGE_DIR:-/var/tmp/convai-stage}-asan
 CONVAI_SANITIZE=1 bash "$src/scripts/build.sh"
 
 export CONVAI_MODULE=$CONVAI_BUILD_DIR/app_elevenlabs_convai.so
@@ -29,14 +31,14 @@ nm -D "$CONVAI_MODULE" | grep -q __asan_report || {
   exit 1
 }
 export CONVAI_ASAN_RUNTIME
-export CONVAI_SANITIZER_LOGS=${CONVAI_SANITIZER_LOGS:-/var/tmp/convai-sanitizer-logs}
+export CONVAI_SANITIZER_LOGS=${CONVAI_SANITIZER_LOGS:-$CONVAI_BUILD_DIR/reports}
 rm -rf "$CONVAI_SANITIZER_LOGS" && mkdir -p "$CONVAI_SANITIZER_LOGS"
 export CONVAI_REQUIRE_INTEGRATION=1
 
 if [ $# -eq 0 ]; then
   set -- tests/integration/test_calls_local.py tests/integration/test_faults.py \
     tests/integration/test_operator.py tests/integration/test_config.py \
-    tests/integration/test_module.py
+    tests/integration/test_module.py tests/integration/test_config_fuzz.py
 fi
 echo "sanitizer build: $CONVAI_MODULE (runtime $CONVAI_ASAN_RUNTIME); reports: $CONVAI_SANITIZER_LOGS"
 rc=0

@@ -12,6 +12,8 @@
 #                throw-away overlay, then a call through the installed module;
 #   cluster:     (sid) scripts/cluster-test.sh: Kamailio in front of three nodes, failover,
 #                recovery, rolling reload, draining (docs/SCALING.md);
+#   sanitize:    (sid) scripts/sanitize.sh: an ASan+UBSan build of the module, the integration
+#                subset it names, with the ASan runtime preloaded into Asterisk; fails on any report;
 #   deb:         (sid) testbed/deb-test.sh builds, lints, installs, calls, removes, purges.
 # It ends with a matrix: phase x flavour, PASS/FAIL/SKIP and seconds.
 #
@@ -57,6 +59,7 @@ PHASES=(
   "pytest     all    build      always  tb_pytest"
   "cluster    sid    build      full    bash \$REPO/scripts/cluster-test.sh --built"
   "source-md  source provision  full    tb run --scratch bash /src/tests/install/source-install.sh"
+  "sanitize   sid    build      full    tb run bash /src/scripts/sanitize.sh"
   "deb        sid    provision  full    bash \$REPO/testbed/deb-test.sh"
 )
 

@@ -36,7 +36,7 @@ struct convai_ring { uint32_t nslots; uint32_t slot_bytes; ...; };
 struct convai_session {
     uint32_t magic;
     uint32_t id;
-    int up_efd;
+    struct convai_session *next_ready;
     int down_efd;
     uint32_t up_batch_frames;
     unsigned int callid;
@@ -93,6 +93,9 @@ void convai_hist_add(struct convai_session *s, int h, uint32_t us);
 int convai_hist_bucket(uint64_t us);
 uint64_t convai_hist_upper(int b);
 int convai_host_stopping(struct convai_host *h);
+int convai_session_mark_ready(struct convai_host *h, struct convai_session *s);
+struct convai_session *convai_host_take_ready(struct convai_host *h);
+struct convai_session *convai_session_unready(struct convai_session *s);
 int convai_host_take_stall(struct convai_host *h);
 
 uint32_t convai_cmd_size(uint32_t type);

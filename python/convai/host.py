@@ -5,7 +5,8 @@ address of the C ``struct convai_host`` and then :func:`run`, which returns only
 shuts down. Each call arrives as a C ``struct convai_session``; a :class:`CallBridge` ties it
 to a :class:`convai.session.Session`:
 
-- caller audio: the app thread fills the session's *up* ring and writes ``up_efd`` once a
+- caller audio: the app thread fills the session's *up* ring and lists the session on the
+  host's ready list (one eventfd for every call) once a
   whole chunk is queued; we drain it into ``Session.feed_caller_audio``;
 - agent audio: ``Session`` hands us decoded audio of any length; we cut it into exact 20 ms
   frames tagged with the event id and push them into the *down* ring, keeping any excess in a
@@ -50,10 +51,10 @@ log = logging.getLogger("convai")
 
 # The last partial frame of an utterance is padded and queued after this much quiet.
 TAIL_FLUSH_S = 0.08
-# While frames wait for ring space, look again this often (the ring holds 10 s).
-TOP_UP_S = 0.5
-# Agent audio a call may hold beyond the ring (10.24 s): with it, at most 70 s are queued, or
-# 2.7 MB at pcm_16000 (1.2 MB at ulaw_8000). The service sends faster than real time, but
+# While frames wait for ring space, look again this often (the ring holds 1.28 s).
+TOP_UP_S = 0.25
+# Agent audio a call may hold beyond the ring (1.28 s): with it, at most 61.28 s are queued,
+# 2.5 MB at pcm_16000 (0.95 MB at ulaw_8000). The service sends faster than real time, but
 # no reply needs more; a flood beyond is dropped, counted and logged (docs/ARCHITECTURE.md).
 BACKLOG_MAX_S = 60
 BACKLOG_MAX_FRAMES = BACKLOG_MAX_S * 50
@@ -261,7 +262,6 @@ class CallBridge:
 
     # --- C side ----------------------------------------------------------------------------
     def start(self) -> None:
-        self.rt.loop.add_reader(self.sess.up_efd, self._guard, self._on_up)
         ctx = contextvars.copy_context()
         ctx.run(_callid.set, self.callid)
         self.task = self.rt.loop.create_task(self._run(), context=ctx)
@@ -288,7 +288,7 @@ class CallBridge:
         os.eventfd_write(self.sess.down_efd, 1)
 
     def _on_up(self) -> None:
-        _eventfd_drain(self.sess.up_efd)
+        """Caller audio and commands from the channel thread (the host's ready list)."""
         while (
             n := lib.convai_ring_pop(
                 self.sess.to_py, self._cmd_type, self._cmd_buf, lib.CONVAI_CMD_BYTES
@@ -566,8 +566,7 @@ class CallBridge:
         for timer in (self._tail_timer, self._top_up):
             if timer:
                 timer.cancel()
-        self.rt.loop.remove_reader(self.sess.up_efd)
-        self.rt.bridges.discard(self)
+        self.rt.bridges.pop(int(self.sess.id), None)
         self.backlog.clear()
         self.in_ring.clear()
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, 0)
@@ -591,7 +590,7 @@ class Runtime:
     def __init__(self, host: Any) -> None:
         self.host = host
         self.loop = asyncio.new_event_loop()
-        self.bridges: set[CallBridge] = set()
+        self.bridges: dict[int, CallBridge] = {}  # by session id
         self.stopping = False
         self.started_at = time.monotonic()
         self._http: aiohttp.ClientSession | None = None
@@ -620,9 +619,23 @@ class Runtime:
             if not self.stopping:
                 self.stopping = True
                 self.loop.create_task(self._shutdown())
-            return
-        while (sess := self.host.take_session()) != ffi.NULL:
-            self._start_call(sess)
+        else:
+            while (sess := self.host.take_session()) != ffi.NULL:
+                self._start_call(sess)
+        self._on_ready()
+
+    def _on_ready(self) -> None:
+        """Every session the channel threads listed since the last look: caller audio or a
+        command is waiting. One eventfd for every call, where each had its own (fds per call
+        are an issue-12 target); the list holds a reference to each, dropped here."""
+        sess = lib.convai_host_take_ready(self.host)
+        while sess != ffi.NULL:
+            nxt = lib.convai_session_unready(sess)
+            bridge = self.bridges.get(int(sess.id))
+            if bridge is not None and bridge.sess is not None:
+                bridge._guard(bridge._on_up)
+            self.host.release_session(sess)
+            sess = nxt
 
     def _start_call(self, sess: Any) -> None:
         if sess.magic != lib.CONVAI_SESSION_MAGIC:
@@ -635,12 +648,12 @@ class Runtime:
             _send_end_raw(sess)
             self.host.release_session(sess)
             return
-        self.bridges.add(bridge)
+        self.bridges[int(sess.id)] = bridge
         bridge.start()
 
     async def _shutdown(self) -> None:
-        tasks = [b.task for b in self.bridges if b.task]
-        for bridge in list(self.bridges):
+        tasks = [b.task for b in self.bridges.values() if b.task]
+        for bridge in list(self.bridges.values()):
             bridge.session.shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)

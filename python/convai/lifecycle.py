@@ -62,7 +62,7 @@ _NEXT: Final[Mapping[Phase, frozenset[Phase]]] = {
 
 
 class Status(enum.StrEnum):
-    """``ELEVENLABS_STATUS``: the three outcomes the dialplan sees."""
+    """``ELEVENLABS_STATUS``: the outcomes the dialplan sees."""
 
     COMPLETED = "COMPLETED"
     HANGUP = "HANGUP"

@@ -282,8 +282,7 @@ _UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <nop>
     <action><log message="[timestamp] answered [call_id] [$media] ([$c])"/>{stream}</action>
   </nop>
-  <pause milliseconds="{duration_ms}"/>
-  <send retrans="500">
+{middle}  <send retrans="500">
     <![CDATA[
       BYE [next_url] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
@@ -291,7 +290,7 @@ _UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       From: caller <sip:caller[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       [last_To:]
       Call-ID: [call_id]
-      CSeq: 2 BYE
+      CSeq: {bye_cseq} BYE
       Contact: sip:caller@[local_ip]:[local_port]
       Max-Forwards: 70
       Content-Length: 0
@@ -301,6 +300,55 @@ _UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="200" crlf="true"/>
   <nop><action><log message="[timestamp] completed [call_id]"/></action></nop>
 </scenario>
+"""
+
+
+# A re-INVITE in the middle of the call (same SDP, new version), through the recorded route:
+# it must reach the node that holds the call, and be answered.
+_REINVITE = """  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [routes]
+      From: caller <sip:caller[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: sip:caller@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 53655765 2353687638 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [auto_media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+      a=ptime:20
+      a=sendrecv
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [routes]
+      From: caller <sip:caller[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 ACK
+      Contact: sip:caller@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <nop><action><log message="[timestamp] reinvited [call_id]"/></action></nop>
 """
 
 
@@ -314,6 +362,7 @@ class SippRun:
     returncode: int | None = None
     output: str = ""
     answered: dict[str, float] = field(default_factory=dict)  # Call-ID -> time.time()
+    reinvited: dict[str, float] = field(default_factory=dict)
     completed: dict[str, float] = field(default_factory=dict)
     media: dict[str, str] = field(default_factory=dict)  # Call-ID -> the answer's SDP c= address
 
@@ -322,7 +371,7 @@ class SippRun:
         self.returncode, self.output = self.proc.returncode, out
         for path in self.workdir.glob("*_logs.log"):
             for line in path.read_text(errors="replace").splitlines():
-                m = re.search(r"(\d+\.\d+) (answered|completed) (\S+)(?: (\S+))?", line)
+                m = re.search(r"(\d+\.\d+) (answered|reinvited|completed) (\S+)(?: (\S+))?", line)
                 if m:
                     getattr(self, m.group(2))[m.group(3)] = float(m.group(1))
                     if m.group(4):
@@ -458,12 +507,24 @@ class Cluster:
 
     # --- calls ------------------------------------------------------------------------------
 
-    def caller_scenario(self, path: Path, duration_ms: int) -> Path:
+    def caller_scenario(
+        self, path: Path, duration_ms: int, reinvite_at_ms: int | None = None
+    ) -> Path:
         """The sipp scenario of a caller that says hello-world and hangs up after
-        ``duration_ms``; ACK and BYE follow the recorded route (through Kamailio)."""
+        ``duration_ms`` (sending a re-INVITE at ``reinvite_at_ms``); ACK, re-INVITE and BYE
+        follow the recorded route (through Kamailio)."""
         assert self.caller_audio is not None
         stream = f'<exec rtp_stream="{self.caller_audio},1,0"/>'
-        path.write_text(_UAC.replace("{stream}", stream).replace("{duration_ms}", str(duration_ms)))
+        if reinvite_at_ms is None:
+            middle, bye_cseq = f'  <pause milliseconds="{duration_ms}"/>\n', "2"
+        else:
+            middle = (
+                f'  <pause milliseconds="{reinvite_at_ms}"/>\n{_REINVITE}'
+                f'  <pause milliseconds="{duration_ms - reinvite_at_ms}"/>\n'
+            )
+            bye_cseq = "3"
+        xml = _UAC.replace("{stream}", stream).replace("{middle}", middle)
+        path.write_text(xml.replace("{bye_cseq}", bye_cseq))
         return path
 
     def calls(
@@ -473,13 +534,14 @@ class Cluster:
         duration_ms: int,
         name: str = "calls",
         timeout: float = 120.0,
+        reinvite_at_ms: int | None = None,
     ) -> SippRun:
         """Start sipp placing ``count`` calls at ``rate`` per second through Kamailio, each
         hanging up after ``duration_ms``. Returns at once; ``.wait()`` for the results."""
         assert self.kamailio is not None and self.caller_audio is not None
         workdir = self.base / f"sipp-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
-        scenario = self.caller_scenario(workdir / "caller.xml", duration_ms)
+        scenario = self.caller_scenario(workdir / "caller.xml", duration_ms, reinvite_at_ms)
         cmd = [
             SIPP, f"{self.kamailio.ip}:{self.kamailio.port}",
             "-sf", str(scenario), "-s", EXTEN,

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from asterisk import AsteriskError
-from calls_util import AmiEvents
+from calls_util import AmiEvents, log_time
 
 from cluster import PROXY_IP, Cluster, Kamailio, Node, SippRun, wait_until
 
@@ -277,12 +277,13 @@ def test_node_stopping_gracefully_fails_over_on_5xx(farm: Cluster, results: dict
 
 def test_rolling_reload_while_calls_run(farm: Cluster, results: dict[str, Any]) -> None:
     """`elevenlabs reload` rolled across the nodes, one after the other, while 24 calls (2 per
-    second, 6 s each) run: no call fails, and calls that start on a node after its reload run
-    with the new configuration (a dynamic variable the simulator receives)."""
+    second, 6 s each, with a re-INVITE 2 s in) run: no call fails, and calls that start on a
+    node after its reload run with the new configuration (a dynamic variable the simulator
+    receives)."""
     assert farm.sim is not None
     new_conf = farm.elevenlabs_conf(dynamic_variable="config_release=2")
-    run = farm.calls(24, rate=2, duration_ms=6000, name="reload")
-    reloaded: dict[str, float] = {}
+    run = farm.calls(24, rate=2, duration_ms=6000, name="reload", reinvite_at_ms=2000)
+    reloaded: dict[str, tuple[float, float]] = {}  # node -> (just before, just after) its reload
     time.sleep(2)
     for n in farm.nodes:
         path = n.ast.etc / "elevenlabs.conf"
@@ -290,32 +291,40 @@ def test_rolling_reload_while_calls_run(farm: Cluster, results: dict[str, Any]) 
         path.write_text(new_conf)
         os.chmod(path, 0o640)
         os.utime(path, (mtime + 2, mtime + 2))
+        before = time.time()
         out = n.ast.cli("elevenlabs reload")
         assert "reloaded" in out and "1 agent(s)" in out, out
-        reloaded[n.name] = time.time()
+        reloaded[n.name] = (before, time.time())
         time.sleep(3)
     run.wait()
 
     assert run.returncode == 0, run.output[-2000:]
     assert len(run.completed) == 24 and not run.failed, (len(run.completed), run.failed)
+    # Each call's re-INVITE, 2 s in, followed the recorded route to its node and was answered
+    # there (any other node would have refused it: it knows no such dialog).
+    assert set(run.reinvited) == set(run.answered), set(run.answered) - set(run.reinvited)
     where = _completed_on_nodes(farm, run, farm.nodes)
     convs = {c.conversation_id: c for c in farm.sim.conversations}
+    # A call takes its configuration when the application starts: after its CALL start line,
+    # before its conversation reaches the simulator. Calls in between are not judged.
     new_per_node = dict.fromkeys(reloaded, 0)
     for n in farm.nodes:
+        before, after = reloaded[n.name]
+        starts = farm.node_calls(n, "start")
         for callid, end in farm.node_calls(n).items():
             if callid not in where:
                 continue
             rec = convs[end["conv"]]
             dyn = (rec.init or {}).get("dynamic_variables") or {}
-            started_after = rec.started_at > reloaded[n.name] + 0.05
-            if started_after:
+            if log_time(starts[callid]["line"]) > after + 0.01:
                 assert dyn.get("config_release") == "2", (n.name, dyn)
                 new_per_node[n.name] += 1
-            elif rec.started_at < reloaded[n.name] - 0.05:
+            elif rec.started_at < before:
                 assert "config_release" not in dyn, (n.name, dyn)
     assert all(v > 0 for v in new_per_node.values()), new_per_node
     results["reload_calls_completed"] = len(run.completed)
     results["reload_calls_failed"] = len(run.failed)
+    results["reload_new_config_calls_per_node"] = new_per_node
 
 
 def test_drain_a_node_for_maintenance(farm: Cluster, results: dict[str, Any]) -> None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 import re
 import struct
+import subprocess
 import time
+import urllib.request
 import wave
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from asterisk import Asterisk
+from asterisk import Asterisk, free_port
 from calls_util import (
     REALTIME,
     AmiEvents,
@@ -32,6 +35,7 @@ from calls_util import (
 )
 from convai_fixtures import agent, write_elevenlabs_conf
 from rtpcall import RtpCall
+from sipp import SIPP
 
 from convai import audio
 from convai.sim import ConversationRecord, Scenario, Simulator
@@ -75,6 +79,11 @@ exten => answer,1,Ringing()
  same => n,Wait(1)
  same => n,Answer()
  same => n,Verbose(1,TARGET answered)
+ same => n,Wait(20)
+exten => answer_rec,1,Ringing()
+ same => n,Wait(0.5)
+ same => n,Answer()
+ same => n,Record(${RECDIR}/answered.wav,0,4,qk)
  same => n,Wait(20)
 exten => noanswer,1,Ringing()
  same => n,Verbose(1,TARGET ringing)
@@ -145,6 +154,28 @@ def _asterisk(
     return ast, tone
 
 
+def _prometheus() -> tuple[int, dict[str, Any]]:
+    """res_prometheus on a free port: (port, the Asterisk kwargs)."""
+    port = free_port(udp=False, tcp=True)
+    return port, {
+        "more_modules": ["res_prometheus"],
+        "configs": {
+            "http.conf": f"[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {port}\n",
+            "prometheus.conf": (
+                "[general]\nenabled = yes\nuri = metrics\ncore_metrics_enabled = no\n"
+            ),
+        },
+    }
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in:\n{text}"
+    return float(m.group(1))
+
+
 def _conversation(sim: Simulator, timeout: float = 15.0) -> ConversationRecord:
     wait_until(lambda: bool(sim.conversations), timeout, "the simulator's conversation")
     return sim.conversations[0]
@@ -186,7 +217,8 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
         "say_before": words,
     }
     sim = simulator(_scenario([call]))
-    ast, tone = _asterisk(convai_asterisk, sim, TOOLS)
+    prom, kw = _prometheus()
+    ast, tone = _asterisk(convai_asterisk, sim, TOOLS, **kw)
     with AmiEvents(ast) as ami, RtpCall(ast.sip_port, "100", codec="PCMU") as rtp:
         started = ami.wait("ElevenLabsConvAITransferStarted", timeout=20)[0]
         m = ast.wait_for_log(r"app_verbose\.c: TARGET sales status=(\S+) target=(\S+)$", timeout=20)
@@ -200,6 +232,9 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert rec.client_close_code == 1000
     end = ami.of("ElevenLabsConvAIEnd")[0]
     assert (end["Status"], end["Reason"]) == ("TRANSFER", "transfer"), end
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="blind"}') == 1
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="failed"}') == 0
+    assert _metric(prom, 'asterisk_elevenlabs_calls_total{status="TRANSFER"}') == 1
 
     utts = sent_utterances(sim, rec, FMT, CHUNK_MS)
     last = next(u for u in utts if u.text == words)
@@ -223,7 +258,7 @@ def test_blind_transfer_over_sip_last_words_then_the_target_without_a_gap(
     assert gap_ms <= 200, gap_ms
 
 
-@pytest.mark.sip
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_blind_transfer_of_a_sip_caller_with_refer(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -281,6 +316,26 @@ def test_unknown_target_is_an_error_and_the_call_goes_on(
     assert _result(ast)["status"] == "HANGUP"
 
 
+def test_blind_target_missing_from_the_dialplan_is_refused_fail_closed(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "gone"}}
+    tools = {"tool": "transfer_call: transfer", "transfer_target": "gone: blind, nowhere,s,1"}
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    _local_call(ast)
+    rec = _conversation(sim)
+    wait_until(lambda: bool(rec.tool_results), 15, "the result")
+    time.sleep(0.5)
+    assert not rec.done, "the conversation goes on"
+    ast.cli("channel request hangup all")
+    assert rec.tool_results[0]["is_error"] is True
+    assert rec.tool_results[0]["result"] == (
+        "transfer to gone failed: the target is not in the dialplan"
+    )
+    assert _result(ast)["status"] == "HANGUP"
+
+
 # --- warm ----------------------------------------------------------------------------------------
 
 
@@ -324,6 +379,93 @@ def test_warm_transfer_answered_bridges_and_closes_1000(
     assert log_time(ring_line) - t_call < 1.0
 
 
+@pytest.mark.sip
+def test_warm_transfer_to_a_sip_phone_ringing_and_answer_times(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """The warm target is a SIP phone (SIPp's built-in UAS: 180 Ringing, then 200 OK): the
+    time from the agent's tool call to the phone ringing, and to the answer, over real SIP."""
+    uas_port = free_port(udp=True, tcp=False)
+    desk = f"""
+[desk]
+type = endpoint
+transport = transport-udp
+context = test
+disallow = all
+allow = ulaw
+direct_media = no
+aors = desk
+
+[desk]
+type = aor
+contact = sip:desk@127.0.0.1:{uas_port}
+"""
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "desk"}}
+    tools = {"tool": "transfer_call: transfer", "transfer_target": "desk: warm, PJSIP/desk"}
+    sim = simulator(_scenario([call], end_keyword=None))
+    uas = subprocess.Popen(
+        [SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1", "-nostdin"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ast, _ = _asterisk(
+            convai_asterisk, sim, tools, configs={"pjsip.conf": lambda a: a.pjsip_conf(extra=desk)}
+        )
+        with AmiEvents(ast) as ami:
+            _local_call(ast)
+            rec = _conversation(sim)
+            answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+            ami.wait("BridgeEnter", count=2, timeout=10)
+            ast.cli("channel request hangup all")
+    finally:
+        uas.terminate()
+        uas.wait(timeout=5)
+    t_call = sim_event_time(rec, "client_tool_call")[0]
+    t_started = next(t for t, e in ami.timed("ElevenLabsConvAITransferStarted"))
+    ring, answer = float(answered["RingSeconds"]), float(answered["Seconds"])
+    lead = t_started - t_call
+    print(
+        f"warm transfer to a SIP phone: tool call -> transfer started {lead:.3f} s, "
+        f"-> ringing {lead + ring:.3f} s, -> answered {lead + answer:.3f} s"
+    )
+    assert answered["Mode"] == "warm" and rec.client_close_code == 1000
+    assert 0 <= ring <= answer < 2.0, answered
+
+
+def test_warm_transfer_whisper_is_heard_by_the_person_who_answers(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    call = {"tool_name": "transfer_call", "parameters": {"destination": "support"}}
+    sim = simulator(_scenario([call], end_keyword=None))
+    ast, tone = _asterisk(convai_asterisk, sim, {})
+    recdir = ast.base / "rec"
+    recdir.mkdir()
+    ast.cli(f"dialplan set global RECDIR {recdir}")
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": f"support: warm, Local/answer_rec@targets, whisper={ast.base}/tone",
+    }
+    conf = (ast.etc / "elevenlabs.conf").read_text()
+    mark = ast.log_mark()
+    write_elevenlabs_conf(ast, conf + "\n".join(f"{k} = {v}" for k, v in tools.items()) + "\n")
+    ast.cli("module reload app_elevenlabs_convai")
+    ast.wait_for_log(r"elevenlabs\.conf reloaded", since=mark, timeout=10)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        answered = ami.wait("ElevenLabsConvAITransferAnswered", timeout=20)[0]
+        ami.wait("BridgeEnter", count=2, timeout=10)
+        time.sleep(0.5)
+        ast.cli("channel request hangup all")
+    wait_until(lambda: (recdir / "answered.wav").exists(), 10, "the target's recording")
+    ast.wait_no_channels(10)
+    heard = _samples(recdir / "answered.wav")
+    assert heard.find(audio.ulaw_decode(tone[800:2400])) >= 0, "no whisper at the target"
+    # The bridge waits for the whole 1 s whisper after the answer (0.5 s of ringing).
+    assert float(answered["Seconds"]) >= 1.5, answered
+
+
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_warm_transfer_not_answered_the_agent_goes_on(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
@@ -333,10 +475,15 @@ def test_warm_transfer_not_answered_the_agent_goes_on(
         "transfer_target": "support: warm, Local/noanswer@targets, timeout=5",
     }
     sim = simulator(_scenario([call], end_keyword=None))
-    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    prom, kw = _prometheus()
+    ast, _ = _asterisk(convai_asterisk, sim, tools, **kw)
     with AmiEvents(ast) as ami:
         _local_call(ast)
         rec = _conversation(sim)
+        ami.wait("ElevenLabsConvAITransferStarted", timeout=20)
+        ast.wait_for_log(r"TARGET ringing", timeout=5)
+        chan = next(c for c in ast.channels() if c.startswith("Local/100@test") and c[-1] == "2")
+        shown = ast.cli(f"elevenlabs show call {chan}")
         failed = ami.wait("ElevenLabsConvAITransferFailed", timeout=20)[0]
         wait_until(lambda: bool(rec.contextual_updates), 5, "the agent told")
         t_call = sim_event_time(rec, "client_tool_call")[0]
@@ -354,6 +501,47 @@ def test_warm_transfer_not_answered_the_agent_goes_on(
     )
     assert 5.0 <= t_update - t_call < 6.5
     assert not [c for c in ast.channels() if "noanswer" in c]
+    assert re.search(
+        r"^Transfer: +warm to support \(Local/noanswer@targets\): ringing for \d", shown, re.M
+    ), shown
+    assert "Transfer targets: support (warm)" in shown and "transfer_call (transfer)" in shown
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="failed"}') == 1
+    assert _metric(prom, 'asterisk_elevenlabs_transfers_total{result="answered"}') == 0
+
+
+def test_warm_transfer_busy_and_caller_leaving_while_it_rings(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Busy: the agent hears why at once. The caller hangs up while the target rings: the
+    target is hung up too (no channel left behind) and the transfer is reported failed."""
+    calls = [
+        {"tool_name": "transfer_call", "parameters": {"destination": "busy"}},
+        {"tool_name": "transfer_call", "parameters": {"destination": "ringing"}},
+    ]
+    tools = {
+        "tool": "transfer_call: transfer",
+        "transfer_target": [
+            "busy: warm, Local/busy@targets",
+            "ringing: warm, Local/noanswer@targets, timeout=60",
+        ],
+    }
+    sim = simulator(_scenario(calls, end_keyword=None))
+    ast, _ = _asterisk(convai_asterisk, sim, tools)
+    with AmiEvents(ast) as ami:
+        _local_call(ast)
+        rec = _conversation(sim)
+        busy = ami.wait("ElevenLabsConvAITransferFailed", timeout=20)[0]
+        wait_until(lambda: bool(rec.contextual_updates), 5, "the agent told")
+        ami.wait("ElevenLabsConvAITransferStarted", count=2, timeout=20)
+        ast.wait_for_log(r"TARGET ringing", timeout=10)
+        caller = next(c for c in ast.channels() if c.startswith("Local/100@test") and c[-1] == "1")
+        ast.cli(f"channel request hangup {caller}")
+        left = ami.wait("ElevenLabsConvAITransferFailed", count=2, timeout=10)[1]
+        ast.wait_no_channels(10)
+    assert busy["Target"] == "busy" and busy["Reason"] == "the line is busy", busy
+    assert "to busy did not go through: the line is busy" in rec.contextual_updates[0]["text"]
+    assert left["Target"] == "ringing" and left["Reason"] == "the call ended first", left
+    assert _result(ast)["status"] == "HANGUP"
 
 
 # --- DTMF, variables, hangup ----------------------------------------------------------------------
@@ -544,6 +732,25 @@ def test_tool_config_errors_name_file_line_section_key(
         )
 
 
+def test_the_examples_in_elevenlabs_conf_example_load(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker
+) -> None:
+    """Every commented tool and transfer_target line of the example file, uncommented, is a
+    valid configuration (the documentation cannot drift from the parser)."""
+    example = (Path(__file__).resolve().parents[2] / "elevenlabs.conf.example").read_text()
+    lines = re.findall(r"^;((?:tool|transfer_target) = .*)$", example, re.M)
+    assert len(lines) >= 8, lines
+    keys: dict[str, list[str]] = {"tool": [], "transfer_target": []}
+    for line in lines:
+        key, _, value = line.partition(" = ")
+        keys[key].append(value)
+    sim = simulator()
+    ast, _ = _asterisk(convai_asterisk, sim, dict(keys))
+    text = ast.log_text()
+    assert "elevenlabs.conf reloaded: 1 agent(s) configured" in text, text[-2000:]
+    assert not re.search(r"\[sim\] (tool|transfer_target):", text), text[-2000:]
+
+
 # --- outbound ------------------------------------------------------------------------------------
 
 
@@ -611,7 +818,7 @@ def _samples(path: Any) -> bytes:
         return w.readframes(w.getnframes())
 
 
-@pytest.mark.sip
+@pytest.mark.sip  # PJSIP (or res_prometheus, which needs res_pjsip)
 def test_mixmonitor_records_caller_and_agent_aligned(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:

@@ -116,3 +116,17 @@ def test_the_buffer_ms_bounds_are_the_c_ones() -> None:
         lib.CONVAI_BUFFER_MS_MIN,
         lib.CONVAI_BUFFER_MS_MAX,
     )
+
+
+def test_the_event_id_range_is_the_rings() -> None:
+    """protocol.EVENT_ID_MAX (what the core accepts), contract.RING_ID_MAX (what the host
+    clamps to) and the ring's uint32_t event ids are one number."""
+    assert protocol.EVENT_ID_MAX == contract.RING_ID_MAX == 2**32 - 1
+    mem = ffi.new("char[]", lib.convai_ring_size(4, 4) + 64)
+    ring = ffi.cast("struct convai_ring *", (int(ffi.cast("uintptr_t", mem)) + 63) & ~63)
+    assert lib.convai_ring_init(ring, 4, 4) == 0
+    lib.convai_ring_drop_below(ring, protocol.EVENT_ID_MAX)
+    assert lib.convai_ring_stale(ring, protocol.EVENT_ID_MAX - 1)
+    assert not lib.convai_ring_stale(ring, protocol.EVENT_ID_MAX)
+    with pytest.raises(OverflowError):
+        lib.convai_ring_stale(ring, protocol.EVENT_ID_MAX + 1)

@@ -40,14 +40,13 @@ class Call:
         self.keep: list[Any] = []
         s = self.sess = ffi.new("struct convai_session *")
         s.magic = lib.CONVAI_SESSION_MAGIC
-        s.up_efd = os.eventfd(0, os.EFD_NONBLOCK)
         s.down_efd = os.eventfd(0, os.EFD_NONBLOCK)
         s.up_batch_frames = 12
         s.buffer_ms = 240
         s.channel = b"Local/test-00000001;2"
         s.agent, s.agent_id = b"sim", b"agent_test"
         s.api_key, s.endpoint = b"k" * 20, b"http://127.0.0.1:9/signed-url"
-        s.up = _ring(self.keep, lib.CONVAI_UP_SLOTS, lib.CONVAI_FRAME_MAX)
+        s.up = _ring(self.keep, lib.CONVAI_UP_SLOTS_MIN, lib.CONVAI_FRAME_MAX)
         s.down = _ring(self.keep, lib.CONVAI_DOWN_SLOTS, lib.CONVAI_FRAME_MAX)
         s.to_c = _ring(self.keep, lib.CONVAI_CMD_SLOTS, lib.CONVAI_CMD_BYTES)
         s.to_py = _ring(self.keep, lib.CONVAI_CMD_SLOTS, lib.CONVAI_CMD_BYTES)
@@ -55,7 +54,7 @@ class Call:
         self.released: list[Any] = []
         host._host = SimpleNamespace(release_session=self.released.append)
         self.bridge = host.CallBridge(
-            SimpleNamespace(loop=self.loop, bridges=set(), http=lambda: None), s
+            SimpleNamespace(loop=self.loop, bridges={}, http=lambda: None), s
         )
 
     def talking(self) -> host.CallBridge:
@@ -95,7 +94,6 @@ class Call:
 
     def close(self) -> None:
         self.loop.close()
-        os.close(self.sess.up_efd)
         os.close(self.sess.down_efd)
 
 
@@ -115,10 +113,13 @@ def test_backlog_tops_up_a_full_ring_in_order(call: Call) -> None:
     bridge._push(frames(600))
     assert lib.convai_ring_count(call.sess.down) == lib.CONVAI_DOWN_SLOTS
     assert len(bridge.backlog) == 600 - lib.CONVAI_DOWN_SLOTS
-    assert call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 88  # C counts underruns against it
+    # C counts underruns against it.
+    assert call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 600 - lib.CONVAI_DOWN_SLOTS
     assert bridge._top_up is not None
-    played = call.play(100)
-    call.loop.run_until_complete(asyncio.sleep(host.TOP_UP_S + 0.2))
+    played: list[Any] = []
+    for _ in range(600 // lib.CONVAI_DOWN_SLOTS + 1):  # C plays, the timer tops up
+        played += call.play(lib.CONVAI_DOWN_SLOTS)
+        call.loop.run_until_complete(asyncio.sleep(host.TOP_UP_S + 0.1))
     assert not bridge.backlog and call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 0
     played += call.play(600)
     assert [int.from_bytes(f[:2], "big") for _, f in played] == list(range(600))
@@ -268,3 +269,47 @@ def test_transfer_state_and_tool_results_reach_the_tools_by_name(
     (k1, transfer), (k2, dtmf) = call.commands()
     assert (k1, contract.text(transfer.target)) == (lib.CONVAI_CMD_TRANSFER, "sales")
     assert (k2, contract.text(dtmf.digits)) == (lib.CONVAI_CMD_SEND_DTMF, "12#")
+
+
+def test_an_exception_in_a_loop_callback_ends_that_call_failed(
+    call: Call, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = call.talking()
+    ended: list[EndReason] = []
+    monkeypatch.setattr(bridge.session, "end", lambda reason, detail: ended.append(reason))
+
+    def boom() -> None:
+        raise OverflowError("integer 9223372036854775808 does not fit '32-bit unsigned int'")
+
+    with caplog.at_level(logging.ERROR, logger="convai"):
+        bridge._guard(boom)  # as the event loop runs a reader or a timer
+    assert ended == [EndReason.SERVER_ERROR]
+    assert any("internal error; ending this call" in r.message for r in caplog.records)
+
+
+def test_the_ready_list_wakes_python_once_per_look_and_drops_its_reference(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channel threads list a session on the host (one eventfd for every call); a session
+    already listed is not listed twice; Python takes the whole list, looks at each listed
+    session's queues, and drops the list's reference; news after the look lists it again."""
+    h = ffi.new("struct convai_host *")
+    released: list[int] = []
+    cb = ffi.callback("void(struct convai_session *)", lambda s: released.append(int(s.id)))
+    h.release_session = cb
+    call.sess.id = 7
+    assert lib.convai_session_mark_ready(h, call.sess) == 1
+    assert lib.convai_session_mark_ready(h, call.sess) == 0  # one wake per look
+    bridge = call.talking()
+    digits: list[str] = []
+    monkeypatch.setattr(bridge.session, "send_dtmf", digits.append)
+    call.to_py(lib.CONVAI_CMD_DTMF, digit=b"5")
+    rt = host.Runtime(h)
+    rt.bridges[7] = bridge
+    rt._on_ready()
+    assert digits == ["5"] and released == [7]
+    assert lib.convai_host_take_ready(h) == ffi.NULL
+    assert lib.convai_session_mark_ready(h, call.sess) == 1  # unlisted by the look
+    rt._on_ready()
+    assert released == [7, 7]
+    rt.loop.close()
