@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+
 def block(kind: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     """The definition of the `kind` fields, and the marker of a place that gets a copy."""
     return (
@@ -37,7 +38,7 @@ def shared_fields(body: str, src: str) -> str:
             continue
         fields = m.group(1)
         body = body[: m.start()] + fields + body[m.end() :]
-        body = here.sub(lambda _: fields, body)
+        body = fields.join(here.split(body))
     return body
 
 
