@@ -27,7 +27,13 @@ from pathlib import Path
 import pytest
 from asterisk import Asterisk, free_port, sanitizer_env
 from calls_util import AmiEvents, caller_leg, wait_until
-from convai_fixtures import TEST_KEY, agent, elevenlabs_conf, write_elevenlabs_conf
+from convai_fixtures import (
+    DIALPLAN_BY_AGENT,
+    TEST_KEY,
+    agent,
+    elevenlabs_conf,
+    write_elevenlabs_conf,
+)
 
 from convai.sim import ConversationRecord, Scenario, Simulator
 from convai.sim.tls import Pki, make_test_pki, server_context
@@ -38,9 +44,11 @@ SimMaker = Callable[..., Simulator]
 CLI_LIMIT_S = 2.0  # check 1: the CLI answers within this
 SHORT_GREETING = "Hello, this is a short greeting from the simulator."
 
-# [caller]: the originated half of the Local pair. [test]: any extension of letters, digits and
-# _ calls the agent of that name; the h extension logs the result, whatever ended the call.
-DIALPLAN = """
+# [caller]: the originated half of the Local pair; [test] (DIALPLAN_BY_AGENT) calls the agent
+# named by the extension and logs the RESULT line, whatever ended the call.
+DIALPLAN = (
+    DIALPLAN_BY_AGENT
+    + """
 [caller]
 exten => listen,1,Answer()
  same => n,Wait(120)
@@ -50,16 +58,10 @@ exten => talker,1,Answer()
  same => n,Wait(1)
  same => n,Playback(hello-world)
  same => n,Wait(120)
-
-[test]
-exten => _[a-z].,1,Set(AGENT=${EXTEN})
- same => n,Answer()
- same => n,ElevenLabsConvAI(${EXTEN})
- same => n,Hangup()
-exten => h,1,Verbose(1,RESULT agent=${AGENT} status=${ELEVENLABS_STATUS} \
-reason=${ELEVENLABS_END_REASON} conv=${ELEVENLABS_CONVERSATION_ID})
 """
-RESULT_RE = r"RESULT agent={agent} status=(\S*) reason=(\S*) conv=(\S*)$"
+)
+# Groups: status, reason, conversation id.
+RESULT_RE = r"RESULT agent={agent} chan=\S+ status=(\S*) reason=(\S*) conv=(\S*)$"
 
 
 def end_line(agent_name: str, status: str = r"\w+") -> str:
