@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "python")]
 
-from asterisk import Asterisk  # noqa: E402
+from asterisk import AMIError, Asterisk  # noqa: E402
 from convai_fixtures import agent, elevenlabs_conf  # noqa: E402
 
 from convai.sim import Scenario, Simulator  # noqa: E402
@@ -123,6 +123,10 @@ class Ends(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        with contextlib.suppress(AMIError, OSError):  # Asterisk stopping at the end
+            self._run()
+
+    def _run(self) -> None:
         while not self.stop.is_set():
             for ev in self.ami.events(timeout=0.2):
                 with self.changed:

@@ -172,7 +172,7 @@
 				<parameter name="BytesUp"/>
 				<parameter name="BytesDown"/>
 				<parameter name="BacklogDropped"><para>Agent frames refused because the call already
-				queued the most agent audio it may (62.56 s).</para></parameter>
+				queued the most agent audio it may (about 61 s: the ring and 60 s beyond it).</para></parameter>
 				<parameter name="PlayoutP50Us"><para>Deviation of the interval between writes from 20 ms;
 				also P99Us, MaxUs, Count and Hist (sparse <literal>bucket:count</literal> list) for
 				Playout, FirstFrame (agent audio received to first frame written), BargeIn
@@ -205,12 +205,15 @@
 			<synopsis>Raised when the module starts a transfer the agent asked for (blind: accepted; warm: the target is being called).</synopsis>
 			<syntax>
 				<!-- convai: the common fields -->
+				<!-- convai: transfer fields (every ElevenLabsConvAITransfer* event has them; c/extract_docs.py
+				     copies them where an event says "convai: the transfer fields") -->
 				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
 				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
 				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
 				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
 				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
 				agent asked (absent if it never rang).</para></parameter>
+				<!-- convai: end of the transfer fields -->
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -222,12 +225,7 @@
 			<synopsis>Raised when a warm transfer's target answered (the caller is bridged to it next), or the caller's phone accepted a SIP REFER.</synopsis>
 			<syntax>
 				<!-- convai: the common fields -->
-				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
-				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
-				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
-				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
-				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
-				agent asked (absent if it never rang).</para></parameter>
+				<!-- convai: the transfer fields -->
 			</syntax>
 		</managerEventInstance>
 	</managerEvent>
@@ -239,12 +237,7 @@
 			<synopsis>Raised when a transfer failed: no answer, busy, the target hung up, a REFER was rejected, or the call ended first.</synopsis>
 			<syntax>
 				<!-- convai: the common fields -->
-				<parameter name="Target"><para>The <literal>transfer_target</literal> name.</para></parameter>
-				<parameter name="Mode"><para><literal>blind</literal>, <literal>refer</literal> or <literal>warm</literal>.</para></parameter>
-				<parameter name="ToolCallID"><para>The agent's tool call.</para></parameter>
-				<parameter name="Seconds"><para>Since the agent asked for the transfer.</para></parameter>
-				<parameter name="RingSeconds"><para>Warm: when the target started ringing, since the
-				agent asked (absent if it never rang).</para></parameter>
+				<!-- convai: the transfer fields -->
 				<parameter name="Reason"><para>Why, e.g. <literal>no answer after 25 s</literal>.</para></parameter>
 			</syntax>
 		</managerEventInstance>

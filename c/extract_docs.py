@@ -8,26 +8,38 @@ import re
 import sys
 from pathlib import Path
 
-COMMON = re.compile(
-    r"[ \t]*<!-- convai: common fields .*?-->\n(.*?)"
-    r"[ \t]*<!-- convai: end of the common fields -->\n",
-    re.S,
-)
-COMMON_HERE = re.compile(r"[ \t]*<!-- convai: the common fields -->\n")
+
+def block(kind: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The definition of the `kind` fields, and the marker of a place that gets a copy."""
+    return (
+        re.compile(
+            rf"[ \t]*<!-- convai: {kind} fields .*?-->\n(.*?)"
+            rf"[ \t]*<!-- convai: end of the {kind} fields -->\n",
+            re.S,
+        ),
+        re.compile(rf"[ \t]*<!-- convai: the {kind} fields -->\n"),
+    )
 
 
-def common_fields(body: str, src: str) -> str:
-    """The fields every ElevenLabsConvAI* event starts with are written once in the source;
-    each event that says so gets a copy (an xi:include would do, but Asterisk 20 drops a
-    third-party file that has one)."""
-    m = COMMON.search(body)
-    if m is None:
-        if COMMON_HERE.search(body):
-            sys.exit(f"{src}: 'convai: the common fields' without their definition")
-        return body
-    fields = m.group(1)
-    body = body[: m.start()] + fields + body[m.end() :]
-    return COMMON_HERE.sub(lambda _: fields, body)
+# common: every ElevenLabsConvAI* event starts with them; transfer: every
+# ElevenLabsConvAITransfer* event has them after the common ones.
+BLOCKS = {kind: block(kind) for kind in ("common", "transfer")}
+
+
+def shared_fields(body: str, src: str) -> str:
+    """Fields several events share are written once in the source; each event that says so
+    gets a copy (an xi:include would do, but Asterisk 20 drops a third-party file that has
+    one)."""
+    for kind, (define, here) in BLOCKS.items():
+        m = define.search(body)
+        if m is None:
+            if here.search(body):
+                sys.exit(f"{src}: 'convai: the {kind} fields' without their definition")
+            continue
+        fields = m.group(1)
+        body = body[: m.start()] + fields + body[m.end() :]
+        body = fields.join(here.split(body))
+    return body
 
 
 def main(src: str, out: str) -> None:
@@ -37,7 +49,7 @@ def main(src: str, out: str) -> None:
     level = re.search(r"<support_level>(\w+)</support_level>", text)
     if not docs:
         sys.exit(f"{src}: no DOCUMENTATION block")
-    body = common_fields("\n".join(docs), src)
+    body = shared_fields("\n".join(docs), src)
     if "<xi:include" in body:
         # Asterisk 22 resolves an include into core-en_US.xml from a third-party file; Asterisk
         # 20 drops the whole file, and `core show application` says "Not available".

@@ -304,6 +304,16 @@ static int stop_runtime(void)
 	return 0;
 }
 
+/* How long the interpreter may take to start: 30 s, or CONVAI_PYTHON_START_MS from Asterisk's
+ * environment (under valgrind CPython starts 20-50 times slower: scripts/memcheck.sh). */
+static int start_timeout_ms(void)
+{
+	const char *env = getenv("CONVAI_PYTHON_START_MS");
+	int ms;
+
+	return env && sscanf(env, "%d", &ms) == 1 && ms > 0 ? ms : 30000;
+}
+
 int convai_runtime_start(const char *python_path)
 {
 	char err[512];
@@ -319,7 +329,7 @@ int convai_runtime_start(const char *python_path)
 		ast_log(LOG_ERROR, LOG_PREFIX "cannot create an eventfd: %s\n", strerror(errno));
 		return -1;
 	}
-	if (convai_pyhost_start(&host, python_path, 30000, err, sizeof(err))) {
+	if (convai_pyhost_start(&host, python_path, start_timeout_ms(), err, sizeof(err))) {
 		ast_log(LOG_ERROR, LOG_PREFIX "ElevenLabsConvAI not loaded: the Python runtime is "
 			"unavailable (python_path %s): %s\n", python_path, err);
 		close(host.wake_efd);

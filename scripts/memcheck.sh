@@ -3,7 +3,8 @@
 #
 #   bash scripts/memcheck.sh                  # from the host: runs itself inside the testbed
 #
-# Builds the module (its own build dir), boots Asterisk under memcheck with PYTHONMALLOC=malloc,
+# Builds the module (its own build dir), boots Asterisk under memcheck with PYTHONMALLOC=malloc
+# (and CONVAI_PYTHON_START_MS=600000: the interpreter starts far slower under valgrind),
 # places the calls of tests/integration/memcheck_calls.py (barge-in, a hangup mid-audio, a TCP
 # reset, a signed-URL 500, DTMF with a reload mid-call), stops Asterisk gracefully and prints
 # the leak and error summary. Fails when any invalid access, uninitialised use, or definitely

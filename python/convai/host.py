@@ -53,7 +53,7 @@ log = logging.getLogger("convai")
 TAIL_FLUSH_S = 0.08
 # While frames wait for ring space, look again this often (the ring holds 1.28 s).
 TOP_UP_S = 0.25
-# Agent audio a call may hold beyond the ring (2.56 s): with it, at most 62.56 s are queued,
+# Agent audio a call may hold beyond the ring (1.28 s): with it, at most 61.28 s are queued,
 # 2.5 MB at pcm_16000 (0.95 MB at ulaw_8000). The service sends faster than real time, but
 # no reply needs more; a flood beyond is dropped, counted and logged (docs/ARCHITECTURE.md).
 BACKLOG_MAX_S = 60

@@ -192,16 +192,6 @@ class _Failure(Exception):
         self.detail = detail
 
 
-_default_ssl: ssl.SSLContext | None = None
-
-
-def _default_ssl_context() -> ssl.SSLContext:
-    global _default_ssl
-    if _default_ssl is None:  # loading the CA store costs milliseconds: once per process
-        _default_ssl = ssl.create_default_context()
-    return _default_ssl
-
-
 class Session:
     """One conversation. Create it, ``await run()``, feed audio; all on one loop."""
 
@@ -484,7 +474,7 @@ class Session:
         cfg = self.config
         kwargs: dict[str, Any] = {}
         if url.startswith("wss:"):
-            kwargs["ssl"] = self._ssl or _default_ssl_context()
+            kwargs["ssl"] = self._ssl or signed_url.default_ssl_context()
         try:
             return await connect(
                 url,

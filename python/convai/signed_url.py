@@ -64,6 +64,18 @@ def redact_url(url: str) -> str:
         return REDACTED
 
 
+_default_ssl: ssl.SSLContext | None = None
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """The verifying client context (system CAs, host names) for the signed-URL request and
+    the WebSocket; made once per process, as loading the CA store costs milliseconds."""
+    global _default_ssl
+    if _default_ssl is None:
+        _default_ssl = ssl.create_default_context()
+    return _default_ssl
+
+
 async def fetch(
     http: aiohttp.ClientSession,
     cfg: AgentConfig,
@@ -78,6 +90,7 @@ async def fetch(
     where = _require(cfg)
     attempts = max(0, cfg.http_retries) + 1
     problem = ""
+    tried = 0
     for attempt in range(attempts):
         if attempt:
             delay = cfg.http_retry_backoff * 2 ** (attempt - 1)
@@ -86,11 +99,15 @@ async def fetch(
                 *(tag, problem, attempt, attempts - 1, delay),
             )
             await asyncio.sleep(delay)
+        tried = attempt + 1
         try:
             status, body = await _get(http, cfg, ssl_context)
         except TimeoutError:
             problem = f"no answer within {cfg.http_timeout:g} s"
             continue
+        except aiohttp.ClientConnectorCertificateError as exc:
+            problem = scrub(f"{type(exc).__name__}: {exc}")
+            break  # no retry can fix a certificate
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             problem = scrub(f"{type(exc).__name__}: {exc}")
             continue
@@ -106,7 +123,7 @@ async def fetch(
         return _parse(where, body)
     raise SignedUrlFailed(
         f"{where}: signed URL request to {redact_url(cfg.signed_url_endpoint)} failed"
-        f" after {attempts} attempt(s): {problem}"
+        f" after {tried} attempt(s): {problem}"
     )
 
 
@@ -130,7 +147,9 @@ async def _get(
         params={"agent_id": cfg.agent_id},
         headers={"xi-api-key": cfg.api_key, "User-Agent": USER_AGENT},
         timeout=aiohttp.ClientTimeout(total=cfg.http_timeout),
-        ssl=ssl_context or True,
+        # An explicit verifying context: aiohttp 3.8 (Debian 12) takes ssl=True as "do not
+        # verify", which would send the key to any certificate (found by test_faults on 3.8).
+        ssl=ssl_context or default_ssl_context(),
         proxy=cfg.proxy,
         allow_redirects=False,  # never hand the key to another host
     ) as resp:

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asterisk import AMIError, Asterisk, Message
+from asterisk import SYSTEM_DATADIR, AMIError, Asterisk, Message
 from rtpcall import RtpCall, RtpPacket
 
 from convai import audio
 from convai.sim import ConversationRecord, Simulator
 
-SOUNDS = Path("/usr/share/asterisk/sounds/en")
+SOUNDS = Path(SYSTEM_DATADIR) / "sounds" / "en"  # Debian's or a source install's
 FRAME_MS = 20
 # asterisk.conf [options]: run at realtime priority, as Debian's asterisk.service does (-p).
 # Without it, media timing on this 2-core testbed measures whatever else the machine is doing

@@ -25,9 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from asterisk import Asterisk, free_port
+from asterisk import Asterisk, free_port, sanitizer_env
 from calls_util import AmiEvents, caller_leg, wait_until
-from convai_fixtures import TEST_KEY, agent, elevenlabs_conf, write_elevenlabs_conf
+from convai_fixtures import (
+    DIALPLAN_BY_AGENT,
+    TEST_KEY,
+    agent,
+    elevenlabs_conf,
+    write_elevenlabs_conf,
+)
 
 from convai.sim import ConversationRecord, Scenario, Simulator
 from convai.sim.tls import Pki, make_test_pki, server_context
@@ -38,9 +44,11 @@ SimMaker = Callable[..., Simulator]
 CLI_LIMIT_S = 2.0  # check 1: the CLI answers within this
 SHORT_GREETING = "Hello, this is a short greeting from the simulator."
 
-# [caller]: the originated half of the Local pair. [test]: any extension of letters, digits and
-# _ calls the agent of that name; the h extension logs the result, whatever ended the call.
-DIALPLAN = """
+# [caller]: the originated half of the Local pair; [test] (DIALPLAN_BY_AGENT) calls the agent
+# named by the extension and logs the RESULT line, whatever ended the call.
+DIALPLAN = (
+    DIALPLAN_BY_AGENT
+    + """
 [caller]
 exten => listen,1,Answer()
  same => n,Wait(120)
@@ -50,16 +58,10 @@ exten => talker,1,Answer()
  same => n,Wait(1)
  same => n,Playback(hello-world)
  same => n,Wait(120)
-
-[test]
-exten => _[a-z].,1,Set(AGENT=${EXTEN})
- same => n,Answer()
- same => n,ElevenLabsConvAI(${EXTEN})
- same => n,Hangup()
-exten => h,1,Verbose(1,RESULT agent=${AGENT} status=${ELEVENLABS_STATUS} \
-reason=${ELEVENLABS_END_REASON} conv=${ELEVENLABS_CONVERSATION_ID})
 """
-RESULT_RE = r"RESULT agent={agent} status=(\S*) reason=(\S*) conv=(\S*)$"
+)
+# Groups: status, reason, conversation id.
+RESULT_RE = r"RESULT agent={agent} chan=\S+ status=(\S*) reason=(\S*) conv=(\S*)$"
 
 
 def end_line(agent_name: str, status: str = r"\w+") -> str:
@@ -427,7 +429,7 @@ def test_server_floods_audio_faster_than_real_time(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:
     """120 s of agent audio sent in well under a second: what the call keeps queued stays under
-    its documented ceiling (the down ring plus host.py's 60 s backlog: ~70 s, ARCHITECTURE.md
+    its documented ceiling (the down ring plus host.py's 60 s backlog: 62.56 s, ARCHITECTURE.md
     "Queued agent audio is bounded"), the rest is dropped, logged once and counted
     (BacklogDropped), Asterisk's memory does not grow with the flood, the CLI stays prompt; the
     caller hangs up after a second and a half."""
@@ -462,14 +464,19 @@ def test_server_floods_audio_faster_than_real_time(
     assert queued and max(queued) <= QUEUE_CEILING_MS, queued
     # 120 s sent, at most ~70 s kept (a little played meanwhile): ~50 s (2,500 frames) dropped.
     assert dropped >= (120_000 - QUEUE_CEILING_MS - 5_000) // 20, dropped
-    assert rss1 - rss0 < 8 * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MiB with the flood"
+    if sanitizer_env():
+        # ASan holds freed blocks in its quarantine (256 MiB by default) and pads every
+        # allocation, so RSS does not measure the module there; the normal build's run does.
+        print("FAULT audio flood (detail): RSS bound not checked under ASan")
+    else:
+        assert rss1 - rss0 < 8 * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MiB with the flood"
     assert len(re.findall(FLOOD_LINE, ast.log_text()[out.mark :])) == 1, "logged more than once"
     assert line
 
 
-# The agent-audio ceiling the module documents: host.py's backlog (BACKLOG_MAX_S = 60 s) plus
-# the down ring (at most 512 slots, 10.24 s), in ms; and its one log line per call.
-QUEUE_CEILING_MS = 70_240
+# The agent-audio ceiling the module documents (ARCHITECTURE.md): host.py's backlog
+# (BACKLOG_MAX_S = 60 s) plus the down ring (128 slots, 2.56 s), in ms; and its one log line.
+QUEUE_CEILING_MS = 62_560
 FLOOD_LINE = r"the agent sent more audio than the 60 s the call may queue; dropping the excess"
 
 
@@ -608,6 +615,9 @@ def test_tls_refuses_a_bad_certificate_naming_why(
     _call(ast, "badtls")
     line = out.check("FAILED", reason, cause_line("badtls"), result_timeout=40)
     assert why in line, line
+    if leg == "https":  # refused at once: no retry can fix a certificate
+        assert "after 1 attempt(s)" in line, line
+        assert len(bad.signed_url_arrivals) == 0, "the request went through a bad certificate"
     assert not bad.conversations
 
 

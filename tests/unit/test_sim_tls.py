@@ -66,3 +66,31 @@ def test_the_bad_certificates_are_refused_for_their_reason(
 def test_the_keys_are_private(pki: Pki) -> None:
     for pair in (pki.ca, pki.good, pki.wrong_host, pki.expired, pki.self_signed):
         assert Path(pair.key).stat().st_mode & 0o077 == 0, pair.key
+
+
+@pytest.mark.parametrize("which", ["wrong_host", "expired", "self_signed"])
+def test_the_signed_url_request_verifies_and_does_not_retry_a_bad_certificate(
+    pki: Pki, which: str
+) -> None:
+    """The request that carries the API key must refuse a bad certificate (aiohttp 3.8 took
+    ``ssl=True`` as "do not verify"), at once, before any byte of it reaches the server."""
+    import logging
+
+    from convai import signed_url
+    from convai.session import AgentConfig
+
+    async def run() -> tuple[str, int]:
+        ctx = server_context(getattr(pki, which))
+        async with Simulator(Scenario(greeting=""), ssl_context=ctx) as sim:
+            cfg = AgentConfig("a", "sk-test-0123456789abcdef", sim.signed_url_endpoint, "agent")
+            async with aiohttp.ClientSession() as http:
+                with pytest.raises(signed_url.SignedUrlFailed) as err:
+                    await signed_url.fetch(
+                        http, cfg, ssl_context=None, log=logging.getLogger("t"), tag="t",
+                        scrub=str,
+                    )  # fmt: skip
+            return str(err.value), len(sim.signed_url_arrivals)
+
+    detail, arrived = asyncio.run(run())
+    assert "after 1 attempt(s)" in detail and "certificate" in detail.lower(), detail
+    assert arrived == 0
