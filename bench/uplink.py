@@ -8,8 +8,9 @@ bytes reach the simulator bit-exact), the simulator in this process (its records
 (tests/integration/rtpcall.py's UA on its absolute 20 ms clock; it records when each frame of
 speech left), so neither's GIL delays the other. Both stamp with CLOCK_MONOTONIC, which the
 two processes share. Each call: the greeting, then the caller says Asterisk's prompts in turn
-with a pause after each (the agent's replies run over them; that does not matter here), then
-hangs up.
+with a pause after each (1.2 s and a random part of a chunk's length, so that each utterance
+ends at its own point of a chunk being filled; the agent's replies run over them, which does
+not matter here), then hangs up.
 
 For each utterance, its last frame at or above CONVAI_UP_SPEECH_LEVEL (the module's own
 energy check, c/convai_shared.h) is found in the received caller audio; the latency is that
@@ -30,6 +31,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -64,7 +66,7 @@ DIALPLAN = (
 )
 
 
-def caller(sip_port: int, utterances: list[bytes], pause_s: float, out: Any) -> None:
+def caller(sip_port: int, utterances: list[bytes], pauses: list[float], out: Any) -> None:
     """The child process: one call, each utterance then a pause; its send times go back."""
     with RtpCall(sip_port, "100", codec="PCMU") as call:
         deadline = time.monotonic() + 15
@@ -73,19 +75,19 @@ def caller(sip_port: int, utterances: list[bytes], pause_s: float, out: Any) -> 
                 raise SystemExit("no greeting within 15 s")
             time.sleep(0.02)
         time.sleep(1.0)  # the greeting plays out
-        for utt in utterances:
+        for utt, pause in zip(utterances, pauses, strict=True):
             call.send_audio(utt, wait=True)
-            time.sleep(pause_s)
+            time.sleep(pause)
         call.hangup()
         out.put(call.sent_audio_ns)
 
 
-def one_call(ast: Asterisk, sim: Simulator, said: list[bytes], pause_s: float) -> list[int]:
+def one_call(ast: Asterisk, said: list[bytes], pauses: list[float]) -> list[int]:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=caller, args=(ast.sip_port, said, pause_s, q))
+    proc = ctx.Process(target=caller, args=(ast.sip_port, said, pauses, q))
     proc.start()
-    sent: list[int] = q.get(timeout=60 + len(said) * (pause_s + 4))
+    sent: list[int] = q.get(timeout=60 + sum(pauses) + 4 * len(said))
     proc.join(10)
     if proc.exitcode != 0:
         raise SystemExit(f"the caller failed (exit {proc.exitcode})")
@@ -98,6 +100,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="times each call says the prompts")
     ap.add_argument("--buffer-ms", type=int, default=240, help="elevenlabs_audio_frames_buffer_ms")
     ap.add_argument("--pause", type=float, default=1.2, help="seconds of silence after each")
+    ap.add_argument("--seed", type=int, default=12, help="of the pauses' random part")
     ap.add_argument("--realtime", action="store_true", help="Asterisk under -p (highpriority)")
     ap.add_argument("--label", default="", help="a name for this run in the JSON")
     ap.add_argument("--out", type=Path, help="also add the result to this JSON list")
@@ -132,8 +135,12 @@ def main() -> int:
         ast.start()
         try:
             said = [prompt(ast, p, "ulaw", args.work) for p in PROMPTS] * args.rounds
+            rng = random.Random(args.seed)
             for n in range(args.calls):
-                sent = one_call(ast, sim, said, args.pause)
+                # A random part of a chunk more each time, so each utterance ends at its own
+                # point of the chunk being filled (as a caller's would), not in step.
+                pauses = [args.pause + rng.uniform(0, args.buffer_ms / 1000) for _ in said]
+                sent = one_call(ast, said, pauses)
                 deadline = time.monotonic() + 10
                 while len(sim.conversations) <= n or sim.conversations[n].ended_at is None:
                     if time.monotonic() > deadline:
