@@ -427,6 +427,11 @@ def uplink_turns(
         utt = utt + bytes([0xFF]) * (-len(utt) % frame)  # as send_audio pads it
         at = audio_in.find(utt, pos)
         frames = [utt[i : i + frame] for i in range(0, len(utt), frame)]
+        if at >= 0 and missing is not None:
+            # The same prompt said again later is no match: it must arrive within 2 s.
+            j = bisect.bisect_right(ends, at)
+            if j >= len(ends) or not 0 < rec.caller_chunks[j][0] - sent_ns[first] < 2e9:
+                at = -1
         if at < 0 and missing is not None:
             missing.append(len(turns) + len(missing))
             first += len(frames)
