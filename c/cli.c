@@ -272,9 +272,9 @@ static int cli_show_call_detail(struct convai_call *c, void *arg)
 	ast_cli(fd, "Frames played:    %" PRIu64 "\n", convai_stat_get(s, CONVAI_STAT_FRAMES_PLAYED));
 	ast_cli(fd, "Underruns:        %" PRIu64 "\n", convai_stat_get(s, CONVAI_STAT_UNDERRUNS));
 	ast_cli(fd, "Late ticks:       %" PRIu64 "\n", convai_stat_get(s, CONVAI_STAT_LATE_TICKS));
-	ast_cli(fd, "Caller frames:    %" PRIu64 " (lost %" PRIu64 ", ends of speech %" PRIu64 ")\n",
-		convai_stat_get(s, CONVAI_STAT_FRAMES_UP), convai_stat_get(s, CONVAI_STAT_UP_OVERFLOWS),
-		convai_stat_get(s, CONVAI_STAT_UP_FLUSHES));
+	ast_cli(fd, "Caller frames:    %" PRIu64 " (lost %" PRIu64 ")\n",
+		convai_stat_get(s, CONVAI_STAT_FRAMES_UP), convai_stat_get(s, CONVAI_STAT_UP_OVERFLOWS));
+	ast_cli(fd, "Ends of speech:   %" PRIu64 "\n", convai_stat_get(s, CONVAI_STAT_UP_FLUSHES));
 	ast_cli(fd, "Bytes up/down:    %" PRIu64 " / %" PRIu64 "\n",
 		convai_stat_get(s, CONVAI_STAT_BYTES_UP), convai_stat_get(s, CONVAI_STAT_BYTES_DOWN));
 	cli_show_call_tools(fd, c);
