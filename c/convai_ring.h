@@ -115,6 +115,30 @@ static inline int convai_ring_push_stamped(struct convai_ring *r, uint32_t event
 	return 0;
 }
 
+/*!
+ * \brief Producer: queue \a nframes slots of \a frame_len bytes each, read one after the other
+ * from \a data, all tagged \a event_id and stamped \a stamp: one call per agent audio chunk
+ * from Python (host.py), not one per frame.
+ * \return how many were queued (fewer than \a nframes once the ring is full), -2 if
+ * \a frame_len is too big
+ */
+static inline int convai_ring_push_run(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
+	const void *data, uint32_t frame_len, uint32_t nframes)
+{
+	const unsigned char *p = data;
+	uint32_t i;
+
+	if (frame_len > r->slot_bytes) {
+		return -2;
+	}
+	for (i = 0; i < nframes; i++) {
+		if (convai_ring_push_stamped(r, event_id, stamp, p + (size_t)i * frame_len, frame_len)) {
+			break;
+		}
+	}
+	return (int) i;
+}
+
 /*! \brief Producer: queue one unstamped slot (see convai_ring_push_stamped()). */
 static inline int convai_ring_push(struct convai_ring *r, uint32_t event_id,
 	const void *data, uint32_t len)

@@ -49,6 +49,22 @@ def test_fifo_order_and_full() -> None:
     assert lib.convai_ring_space(ring) == 4
 
 
+def test_a_run_of_frames_is_queued_in_one_call_until_the_ring_is_full() -> None:
+    _mem, ring = make_ring(slots=4, slot_bytes=8)
+    data = b"".join(bytes([i]) * 4 for i in range(6))
+    assert lib.convai_ring_push_run(ring, 7, 123, data, 4, 3) == 3
+    assert lib.convai_ring_push_run(ring, 8, 456, data[12:], 4, 3) == 1  # one slot left
+    assert lib.convai_ring_push_run(ring, 9, 0, data, 4, 1) == 0  # full
+    assert lib.convai_ring_push_run(ring, 9, 0, data, 9, 1) == -2  # over slot_bytes
+    assert [pop(ring) for _ in range(5)] == [
+        (7, b"\0" * 4),
+        (7, b"\1" * 4),
+        (7, b"\2" * 4),
+        (8, b"\3" * 4),
+        None,
+    ]
+
+
 def test_oversized_payload_is_refused() -> None:
     _mem, ring = make_ring(slot_bytes=16)
     assert lib.convai_ring_push(ring, 1, b"x" * 17, 17) == -2
