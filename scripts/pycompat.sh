@@ -47,7 +47,6 @@ fi
 # Only asterisk.h and asterisk/ from a root: its libc headers must not shadow the host's.
 ast_headers() { # ast_headers FLAVOUR -> an include dir
   local root inc=$WORK/include-$1
-  mkdir -p "$WORK"
   root=$(bash "$TB" --flavour "$1" status 2>/dev/null | awk '/^root:/ { print $2; exit }')
   [ -f "$root/usr/include/asterisk.h" ] || return 1
   rm -rf "$inc" && mkdir -p "$inc"
@@ -60,11 +59,16 @@ for py in "${pythons[@]}"; do
   ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   # Meson runs on this Python, so its find_installation('python3') is this one; cffi for the
   # extension's generator. The headers and libpython are the base interpreter's.
+  # Locked: scripts/test.sh runs one flavour a lane, side by side.
   venv=$WORK/venv-$ver
-  [ -x "$venv/bin/meson" ] && "$venv/bin/python" -c 'import cffi' 2>/dev/null || {
-    rm -rf "$venv" && "$py" -m venv "$venv" &&
-      "$venv/bin/python" -m pip install -q --disable-pip-version-check cffi meson ninja
-  }
+  mkdir -p "$WORK"
+  (
+    flock 9
+    [ -x "$venv/bin/meson" ] && "$venv/bin/python" -c 'import cffi' 2>/dev/null || {
+      rm -rf "$venv" && "$py" -m venv "$venv" &&
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check cffi meson ninja
+    }
+  ) 9>"$WORK/venv-$ver.lock"
   for f in "${flavours[@]}"; do
     build=$WORK/build-$ver-$f
     if ! inc=$(ast_headers "$f"); then
