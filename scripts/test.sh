@@ -131,6 +131,8 @@ if [ -n "$kexpr" ]; then
 fi
 subset=0
 [ ${#pytest_args[@]} -eq 0 ] || subset=1
+# A focused run has no `full` phases, so nothing to run beside its pytest: live output instead.
+[ "$subset" = 0 ] || serial=1
 
 if [ "$(id -u)" != 0 ]; then
   echo "test.sh: run as root (it installs packages and builds chroots)" >&2
