@@ -53,6 +53,8 @@ TB=$REPO/testbed/testbed.sh
 #             a, b: then both lanes of every column at once, each in order. The columns run side
 #             by side too (after the host's `packages`: debootstrap comes from it). Each lane logs
 #             to out/test-logs/COLUMN-LANE.log, printed whole when everything has ended.
+#             z: last, alone, once every other lane has ended: the tests marked `timing`
+#             (RTP pacing, barge-in cut latency) measure the machine, not only the module.
 #             --serial runs it all in this order, in the foreground.
 #   COMMAND   evaluated with $F (the flavour) set; `tb ARGS` is testbed/testbed.sh --flavour $F ARGS;
 #             exit 77 means "cannot run on this machine" and shows as SKIP with the reason it printed
@@ -73,6 +75,7 @@ PHASES=(
   "cluster    sid    build      full    b  bash \$REPO/scripts/cluster-test.sh --built"
   "sanitize   sid    build      full    b  tb run bash /src/scripts/sanitize.sh"
   "pycompat   all    provision  full    b  bash \$REPO/scripts/pycompat.sh --flavour \$F"
+  "timing     sid    build      always  z  tb_pytest timing"
 )
 
 # ---- options ------------------------------------------------------------------------------------
@@ -213,12 +216,17 @@ host_unit() {
 
 # pytest in the flavour's root. The staged Python dir comes first on the path: it holds what the
 # build bundled (websockets on Debian 12), as the module's own sys.path does.
-tb_pytest() {
-  local suites=(tests/integration) sel=() suite rc=0
-  [ "$unit_in_testbed" = 1 ] && suites=(tests/unit tests/integration)
+tb_pytest() { # tb_pytest [timing]: every test but the `timing` ones, or only those
+  local suites=(tests/integration) marks="not timing" suite rc=0
+  if [ "${1:-}" = timing ]; then
+    marks=timing
+  elif [ "$unit_in_testbed" = 1 ]; then
+    suites=(tests/unit tests/integration)
+  fi
   # No pjproject in the from-source roots: the SIP/RTP tests are selected out by their marker
   # (a SIP test without the marker fails there: chan_pjsip does not load).
-  is_source "$F" && sel=(-m "not sip")
+  is_source "$F" && marks="($marks) and not sip"
+  local sel=(-m "$marks")
   # One pytest per suite: both have a test_tools.py, which pytest < 8 (Debian 12's 7.2) cannot
   # collect in one run in its default import mode.
   for suite in "${suites[@]}"; do
@@ -397,6 +405,7 @@ run_all() {
     for col in "${COLUMNS_[@]}"; do
       for lane in - a b; do run_lane "$col" "$lane"; done
     done
+    for col in "${COLUMNS_[@]}"; do run_lane "$col" z; done
     return
   fi
   trap 'kill 0' INT TERM
@@ -407,6 +416,9 @@ run_all() {
   done
   wait
   show_logs
+  load_results # lane z's needs (build) passed in a lane's subshell
+  serial=1     # in the foreground from here: no separate progress lines
+  for col in "${COLUMNS_[@]}"; do run_lane "$col" z; done
 }
 
 # One line, parsed whole before it runs: editing this file during a run does no harm.
