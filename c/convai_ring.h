@@ -115,6 +115,30 @@ static inline int convai_ring_push_stamped(struct convai_ring *r, uint32_t event
 	return 0;
 }
 
+/*!
+ * \brief Producer: queue \a nframes slots of \a frame_len bytes each, read one after the other
+ * from \a data, all tagged \a event_id and stamped \a stamp: one call per agent audio chunk
+ * from Python (host.py), not one per frame.
+ * \return how many were queued (fewer than \a nframes once the ring is full), -2 if
+ * \a frame_len is too big
+ */
+static inline int convai_ring_push_run(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
+	const void *data, uint32_t frame_len, uint32_t nframes)
+{
+	const unsigned char *p = data;
+	uint32_t i;
+
+	if (frame_len > r->slot_bytes) {
+		return -2;
+	}
+	for (i = 0; i < nframes; i++) {
+		if (convai_ring_push_stamped(r, event_id, stamp, p + (size_t)i * frame_len, frame_len)) {
+			break;
+		}
+	}
+	return (int) i;
+}
+
 /*! \brief Producer: queue one unstamped slot (see convai_ring_push_stamped()). */
 static inline int convai_ring_push(struct convai_ring *r, uint32_t event_id,
 	const void *data, uint32_t len)
@@ -232,14 +256,19 @@ static inline int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, voi
 /*!
  * \brief Consumer: take up to \a max_slots slots and concatenate their payloads into \a out.
  * \param last_stamp if not NULL, receives the stamp of the last slot taken
+ * \param mark if not NULL, receives the event id of the last slot taken, and the pop stops
+ *        after the first slot whose id is not 0 (a mark such as CONVAI_UP_END_OF_SPEECH)
  * \return bytes written; stops early when the next payload would not fit.
  */
 static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap,
-	uint32_t max_slots, uint32_t *last_stamp)
+	uint32_t max_slots, uint32_t *last_stamp, uint32_t *mark)
 {
 	uint32_t used = 0;
 	struct convai_slot *s;
 
+	if (mark) {
+		*mark = 0;
+	}
 	while (max_slots-- && (s = convai_ring_peek(r)) && used + s->len <= cap) {
 		memcpy((unsigned char *) out + used, s->data, s->len);
 		used += s->len;
@@ -247,10 +276,12 @@ static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, ui
 			*last_stamp = s->stamp;
 		}
 		convai_ring_advance(r);
+		if (mark && (*mark = s->event_id)) {
+			break;
+		}
 	}
 	return used;
 }
-
 /*! \brief Consumer: slots dropped by the watermark so far. */
 static inline uint64_t convai_ring_skipped(struct convai_ring *r)
 {

@@ -75,13 +75,15 @@ int convai_ring_init(struct convai_ring *r, uint32_t nslots, uint32_t slot_bytes
 int convai_ring_push(struct convai_ring *r, uint32_t event_id, const void *data, uint32_t len);
 int convai_ring_push_stamped(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
     const void *data, uint32_t len);
+int convai_ring_push_run(struct convai_ring *r, uint32_t event_id, uint32_t stamp,
+    const void *data, uint32_t frame_len, uint32_t nframes);
 void convai_ring_drop_below(struct convai_ring *r, uint32_t id);
 int convai_ring_stale(struct convai_ring *r, uint32_t event_id);
 uint32_t convai_ring_space(struct convai_ring *r);
 uint32_t convai_ring_count(struct convai_ring *r);
 int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, void *out, uint32_t cap);
 uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap, uint32_t max_slots,
-    uint32_t *last_stamp);
+    uint32_t *last_stamp, uint32_t *mark);
 uint64_t convai_ring_skipped(struct convai_ring *r);
 
 uint64_t convai_stat_get(struct convai_session *s, int i);

@@ -234,9 +234,12 @@ class CallBridge:
         )
         self.phase = Phase.CONNECTING
         self.framer: Framer | None = None
-        # Agent audio waiting for ring space: (ring event id, arrival stamp, frame).
+        # Agent audio waiting for ring space, in runs of whole frames of one event id (as the
+        # framer cut them): (ring event id, arrival stamp, frames); backlog_frames counts them.
         self.backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self.backlog_frames = 0
         self.backlog_max = BACKLOG_MAX_FRAMES
+        self.frame_bytes = int(lib.CONVAI_FRAME_MAX)  # the output format's, once started
         self.dropped = 0  # frames refused over the ceiling (CONVAI_STAT_BACKLOG_DROPPED)
         # (event id, frames pushed once its chunk was in): the chunks still in the ring, for
         # the interruption's debug line; pruned as C plays them, so at most the ring's worth.
@@ -247,6 +250,7 @@ class CallBridge:
         self._cmd_buf = ffi.new("uint32_t[]", lib.CONVAI_CMD_BYTES // 4 + 1)  # aligned records
         self._cmd_type = ffi.new("uint32_t *")
         self._stamp = ffi.new("uint32_t *")
+        self._mark = ffi.new("uint32_t *")
         self._tail_timer: asyncio.TimerHandle | None = None
         self._top_up: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -297,9 +301,11 @@ class CallBridge:
             self._on_command(int(self._cmd_type[0]), n)
         # One pop per chunk, so each chunk's wait (its last frame queued -> handed over) is
         # sampled, also when several piled up while the loop was busy.
+        # A pop stops after a slot marked CONVAI_UP_END_OF_SPEECH: the caller has stopped
+        # talking, so the chunk it ends goes to the agent now, however short (flush).
         batch = max(1, int(self.sess.up_batch_frames))
         while n := lib.convai_ring_pop_many(
-            self.sess.up, self._up_buf, len(self._up_buf), batch, self._stamp
+            self.sess.up, self._up_buf, len(self._up_buf), batch, self._stamp, self._mark
         ):
             lib.convai_hist_add(
                 self.sess,
@@ -307,7 +313,10 @@ class CallBridge:
                 (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF,
             )
             if self.phase is not Phase.DONE:
-                self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
+                self.session.feed_caller_audio(
+                    bytes(ffi.buffer(self._up_buf, n)),
+                    flush=self._mark[0] == lib.CONVAI_UP_END_OF_SPEECH,
+                )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
 
     def _on_command(self, kind: int, n: int) -> None:
@@ -347,26 +356,37 @@ class CallBridge:
             self.session.hangup()
 
     # --- agent audio toward the caller --------------------------------------------------------
-    def _push(self, frames: list[tuple[int, bytes]]) -> None:
+    def _push(self, runs: list[tuple[int, bytes]]) -> None:
+        """Queue the framer's runs (whole frames of one event id each): one C call per run
+        and per top-up, not per frame (this is the hot path of agent audio)."""
         ring = self.sess.down
         if self.phase is Phase.DONE:
             return
-        frames = [f for f in frames if not lib.convai_ring_stale(ring, contract.ring_id(f[0]))]
-        if not frames:
-            return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
-        stamp = lib.convai_now_us()
-        self.backlog.extend((contract.ring_id(ev), stamp, frame) for ev, frame in frames)
-        self._drain_backlog()
+        stamp, queued = lib.convai_now_us(), False
+        for ev, data in runs:
+            event_id = contract.ring_id(ev)
+            if not lib.convai_ring_stale(ring, event_id):
+                self.backlog.append((event_id, stamp, data))
+                self.backlog_frames += len(data) // self.frame_bytes
+                queued = True
+        if queued:
+            self._drain_backlog()
 
     def _drop_excess(self) -> None:
         """A flood beyond the backlog's ceiling: its newest frames are refused, counted and
         logged (once per call)."""
-        excess = len(self.backlog) - self.backlog_max
+        excess = self.backlog_frames - self.backlog_max
         if excess <= 0:
             return
-        for _ in range(excess):
-            self.backlog.pop()
+        self.backlog_frames -= excess
+        cut = excess * self.frame_bytes
+        while cut:
+            event_id, stamp, data = self.backlog.pop()
+            if len(data) > cut:
+                self.backlog.append((event_id, stamp, data[: len(data) - cut]))
+                break
+            cut -= len(data)
         if not self.dropped:
             log.warning(
                 "%s: the agent sent more audio than the %d s the call may queue; "
@@ -380,21 +400,28 @@ class CallBridge:
     def _drain_backlog(self) -> None:
         """Moves what fits from the backlog into the ring; stale frames (below the ring's
         watermark) are skipped, as the channel thread would skip them."""
-        ring = self.sess.down
+        ring, size = self.sess.down, self.frame_bytes
         self._prune_in_ring()
         while self.backlog:
-            event_id, stamp, frame = self.backlog[0]
-            if not lib.convai_ring_stale(ring, event_id):
-                if lib.convai_ring_push_stamped(ring, event_id, stamp, frame, len(frame)) != 0:
-                    break
-                self.frames_pushed += 1
-                if self.in_ring and self.in_ring[-1][0] == event_id:
-                    self.in_ring[-1] = (event_id, self.frames_pushed)
-                else:
-                    self.in_ring.append((event_id, self.frames_pushed))
+            event_id, stamp, data = self.backlog[0]
+            n = len(data) // size
+            if lib.convai_ring_stale(ring, event_id):
+                done = n  # skipped, as the channel thread would skip them
+            else:
+                done = max(0, lib.convai_ring_push_run(ring, event_id, stamp, data, size, n))
+                if done:
+                    self.frames_pushed += done
+                    if self.in_ring and self.in_ring[-1][0] == event_id:
+                        self.in_ring[-1] = (event_id, self.frames_pushed)
+                    else:
+                        self.in_ring.append((event_id, self.frames_pushed))
+            self.backlog_frames -= done
+            if done < n:  # the ring is full: the rest waits for the top-up
+                self.backlog[0] = (event_id, stamp, data[done * size :])
+                break
             self.backlog.popleft()
         self._drop_excess()
-        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
+        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, self.backlog_frames)
         if self.backlog and self._top_up is None and self.phase is not Phase.DONE:
             self._top_up = self.rt.loop.call_later(TOP_UP_S, self._guard, self._on_top_up)
 
@@ -420,6 +447,7 @@ class CallBridge:
         # The session has already refused formats outside contract.FORMATS.
         out = contract.FORMATS[started.output_format]
         self.framer = Framer(out.frame_bytes, out.silence)
+        self.frame_bytes = out.frame_bytes
         self._send(
             lib.CONVAI_CMD_STARTED,
             in_format=contract.FORMATS[started.input_format].code,
@@ -467,7 +495,8 @@ class CallBridge:
         self.backlog = collections.deque(
             f for f in self.backlog if not lib.convai_ring_stale(ring, f[0])
         )
-        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, len(self.backlog))
+        self.backlog_frames = sum(len(f[2]) for f in self.backlog) // self.frame_bytes
+        lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, self.backlog_frames)
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_INTERRUPTIONS, self.session.interruptions)
         if log.isEnabledFor(logging.DEBUG):
             for line in protocol.format_interruption(event_id, removed, remaining):
@@ -568,6 +597,7 @@ class CallBridge:
                 timer.cancel()
         self.rt.bridges.pop(int(self.sess.id), None)
         self.backlog.clear()
+        self.backlog_frames = 0
         self.in_ring.clear()
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BACKLOG_FRAMES, 0)
         sess, self.sess = self.sess, None

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 
 class Framer:
-    """Cuts agent audio of any length into exact frames, one event id per frame.
+    """Cuts agent audio of any length into exact frames, one event id per run of frames.
 
-    Pure bookkeeping, so it is tested apart: audio of a new event id first pads and emits
-    what is left of the previous one, so no frame ever mixes two turns.
+    ``feed`` returns runs: ``(event_id, data)`` with ``len(data)`` a whole, non-zero number
+    of frames, so the host queues a chunk's frames into the ring in one C call. Audio of a new
+    event id first pads and emits what is left of the previous one, so no frame ever mixes
+    two turns.
     """
 
     def __init__(self, frame_bytes: int, silence_byte: int) -> None:
@@ -21,12 +23,11 @@ class Framer:
 
     def feed(self, event_id: int, audio: bytes) -> list[tuple[int, bytes]]:
         out = self.flush() if self._tail and event_id != self._tail_id else []
-        data = self._tail + audio
+        data = self._tail + audio if self._tail else audio
         self._tail_id = event_id
         n = len(data) - len(data) % self.frame_bytes
-        out.extend(
-            (event_id, data[i : i + self.frame_bytes]) for i in range(0, n, self.frame_bytes)
-        )
+        if n:
+            out.append((event_id, data if n == len(data) else data[:n]))
         self._tail = data[n:]
         return out
 

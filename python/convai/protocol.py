@@ -569,6 +569,11 @@ class ClientProtocol:
             error = f"internal error: {type(exc).__name__}: {exc}"
             return [MalformedMessage(error, _excerpt(data), internal=True)]
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has anything (asked per frame; no list built)."""
+        return bool(self._out)
+
     def data_to_send(self) -> list[str]:
         """Frames the protocol queued itself (pongs), in order; clears the queue."""
         out, self._out = self._out, []

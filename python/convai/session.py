@@ -267,8 +267,11 @@ class Session:
 
     # ------------------------------------------------------------------ host API
 
-    def feed_caller_audio(self, data: bytes) -> None:
-        """Caller audio in the agent's input format. Never blocks; sends keep order."""
+    def feed_caller_audio(self, data: bytes, flush: bool = False) -> None:
+        """Caller audio in the agent's input format. Never blocks; sends keep order.
+        Sent in chunks of ``audio_frames_buffer_ms``; ``flush`` (the caller's speech has just
+        ended: c/call.c) sends what is left over at once as a shorter chunk, so the last
+        word does not wait for a chunk to fill."""
         if not self._life.live or not data:
             return
         if self._life.phase is Phase.CONNECTING:
@@ -279,10 +282,10 @@ class Session:
             return
         self._up_buf += data
         n = self._chunk_bytes
-        while len(self._up_buf) >= n:
+        while len(self._up_buf) >= n or (flush and self._up_buf):
             chunk = bytes(self._up_buf[:n])
             del self._up_buf[:n]
-            self._up.append((ClientProtocol.audio_chunk(chunk), n))
+            self._up.append((ClientProtocol.audio_chunk(chunk), len(chunk)))
             if len(self._up) > self._up_backlog:
                 self._up.popleft()  # the socket is stalled: old caller audio is worthless
                 self.audio_chunks_dropped += 1
@@ -505,9 +508,11 @@ class Session:
         self._spawn(self._writer(ws, initiation))
         deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
         while True:
-            waiting = self._life.phase is Phase.CONNECTING
             try:
-                async with asyncio.timeout_at(deadline if waiting else None):
+                if self._life.phase is Phase.CONNECTING:
+                    async with asyncio.timeout_at(deadline):
+                        raw = await ws.recv()
+                else:  # the hot path (~19 frames per call-second): no timeout object each
                     raw = await ws.recv()
             except TimeoutError:
                 self._end(
@@ -598,14 +603,18 @@ class Session:
                 self._dispatch(event)
             except Exception:
                 self.log.exception("%s: error handling %s", self._tag, type(event).__name__)
-        pongs = self._proto.data_to_send()
-        if pongs:
-            self._pongs.extend(pongs)
+        if self._proto.has_data_to_send:
+            self._pongs.extend(self._proto.data_to_send())
             self._wake.set()
 
     def _dispatch(self, ev: Event) -> None:
         h = self.handler
-        if isinstance(ev, Audio):
+        if isinstance(ev, VadScore):  # half of what the server sends: asked first
+            if self.log.isEnabledFor(logging.DEBUG):
+                now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+                for line in protocol.format_vad(ev.score, now.replace("+00:00", "Z")):
+                    self.log.debug("%s: %s", self._tag, line)
+        elif isinstance(ev, Audio):
             if self._life.phase is Phase.CONNECTING:
                 if not self._warned_early_audio:
                     self._warned_early_audio = True
@@ -616,11 +625,6 @@ class Session:
         elif isinstance(ev, Ping):
             if ev.ping_ms is not None:
                 self.ping_rtt_ms = float(ev.ping_ms)
-        elif isinstance(ev, VadScore):
-            if self.log.isEnabledFor(logging.DEBUG):
-                now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-                for line in protocol.format_vad(ev.score, now.replace("+00:00", "Z")):
-                    self.log.debug("%s: %s", self._tag, line)
         elif isinstance(ev, Interruption):
             self._on_interruption(ev)
         elif isinstance(ev, ConversationInitiationMetadata):

@@ -112,7 +112,7 @@ def test_backlog_tops_up_a_full_ring_in_order(call: Call) -> None:
     bridge = call.talking()
     bridge._push(frames(600))
     assert lib.convai_ring_count(call.sess.down) == lib.CONVAI_DOWN_SLOTS
-    assert len(bridge.backlog) == 600 - lib.CONVAI_DOWN_SLOTS
+    assert bridge.backlog_frames == 600 - lib.CONVAI_DOWN_SLOTS
     # C counts underruns against it.
     assert call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES) == 600 - lib.CONVAI_DOWN_SLOTS
     assert bridge._top_up is not None
@@ -126,6 +126,26 @@ def test_backlog_tops_up_a_full_ring_in_order(call: Call) -> None:
     assert len(bridge.in_ring) <= 1  # what C played is forgotten, not kept for the whole call
 
 
+def test_long_chunks_go_in_as_runs_split_at_the_full_ring_and_at_the_ceiling(call: Call) -> None:
+    bridge = call.talking()
+    bridge.backlog_max = 70
+    chunk = b"".join(i.to_bytes(2, "big") * (ULAW // 2) for i in range(150))
+    bridge.on_audio(1, chunk[: 50 * ULAW])  # 50 frames: all in the ring
+    bridge.on_audio(1, chunk[50 * ULAW :])  # 100 more: 14 fit, 86 wait, 16 over the ceiling
+    assert lib.convai_ring_count(call.sess.down) == lib.CONVAI_DOWN_SLOTS == 64
+    assert bridge.backlog_frames == 70 == call.stat(lib.CONVAI_STAT_BACKLOG_FRAMES)
+    assert call.stat(lib.CONVAI_STAT_BACKLOG_DROPPED) == 16
+    played = call.play(64)
+    bridge._drain_backlog()  # what the top-up timer does
+    assert bridge.backlog_frames == 6
+    played += call.play(64)
+    bridge._drain_backlog()
+    played += call.play(64)
+    assert not bridge.backlog and bridge.backlog_frames == 0
+    assert [int.from_bytes(f[:2], "big") for _, f in played] == list(range(134))
+    assert {ev for ev, _ in played} == {1}
+
+
 def test_a_flood_beyond_the_ceiling_is_dropped_counted_and_logged_once(
     call: Call, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,7 +155,7 @@ def test_a_flood_beyond_the_ceiling_is_dropped_counted_and_logged_once(
     with caplog.at_level(logging.WARNING, logger="convai"):
         bridge._push(frames(lib.CONVAI_DOWN_SLOTS + 100))
         bridge._push(frames(30, start=1000))
-    assert len(bridge.backlog) == 40
+    assert bridge.backlog_frames == 40 == sum(len(f) for _, _, f in bridge.backlog) // ULAW
     assert call.stat(lib.CONVAI_STAT_BACKLOG_DROPPED) == 100 - 40 + 30
     assert len([r for r in caplog.records if "dropping the excess" in r.message]) == 1
 

@@ -1,4 +1,4 @@
-"""Framer: agent audio of any length in, exact frames out, never mixing two turns."""
+"""Framer: agent audio of any length in, runs of exact frames out, never mixing two turns."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ from hypothesis import strategies as st
 from convai.playout import Framer
 
 
+def frames(runs: list[tuple[int, bytes]], size: int) -> list[tuple[int, bytes]]:
+    """The frames of a run list, each run checked to be a whole, non-zero number of frames."""
+    assert all(data and len(data) % size == 0 for _, data in runs), runs
+    return [(ev, data[i : i + size]) for ev, data in runs for i in range(0, len(data), size)]
+
+
 def test_exact_frames_and_tail() -> None:
     f = Framer(frame_bytes=4, silence_byte=0xFF)
-    assert f.feed(1, b"abcdefghij") == [(1, b"abcd"), (1, b"efgh")]
+    assert f.feed(1, b"abcdefghij") == [(1, b"abcdefgh")]  # one run of two frames
     assert f.pending
     assert f.feed(1, b"kl") == [(1, b"ijkl")]
     assert not f.pending
@@ -32,7 +38,7 @@ def test_flush_pads_with_the_formats_silence() -> None:
 @given(st.lists(st.tuples(st.integers(1, 4), st.binary(max_size=50)), max_size=30))
 def test_no_byte_lost_or_mixed(chunks: list[tuple[int, bytes]]) -> None:
     f = Framer(frame_bytes=8, silence_byte=0xAA)
-    out = [fr for ev, data in chunks for fr in f.feed(ev, data)] + f.flush()
+    out = frames([run for ev, data in chunks for run in f.feed(ev, data)] + f.flush(), 8)
     assert all(len(frame) == 8 for _, frame in out)
     # Regroup by runs of equal ids: every run's bytes come out in order, padded at its end.
     runs: list[tuple[int, bytes]] = []
