@@ -35,7 +35,7 @@
 #define START_TIMEOUT_MS 60000
 #define DRAIN_MAX_MS 30000
 #define PREBUFFER_FRAMES 3       /* 60 ms, absorbed at once when a chunk arrives */
-#define CATCHUP_MAX 3            /* frames written for one wake-up after a stall */
+#define CATCHUP_MAX 3U           /* frames written for one wake-up after a stall */
 /* First audio at once: never two packets closer than this (no burst the caller's jitter
  * buffer would see; 11 ms, not 10, leaves the pacing check of the SIP tests their margin). */
 #define REPHASE_MIN_GAP_US 11000
