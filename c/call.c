@@ -550,7 +550,7 @@ static void call_ticks(struct convai_call *c, uint64_t expirations)
 		convai_stat_add(c->sess, CONVAI_STAT_LATE_TICKS, expirations - 1);
 	}
 	/* A tick moved earlier by a re-phase is not one more 20 ms of the caller's time. */
-	call_fill_uplink(c, expirations - c->tick_uncounted);
+	call_fill_uplink(c, expirations - (uint64_t) c->tick_uncounted);
 	c->tick_uncounted = 0;
 	/* Catch up after a stall, but never burst more than a few frames at once. */
 	for (expirations = MIN(expirations, CATCHUP_MAX); expirations; expirations--) {
