@@ -557,19 +557,62 @@ static void call_on_tick(struct convai_call *c)
 
 /* --- media: caller audio up ------------------------------------------------------------------ */
 
-/* Queue caller audio for Python, split into 20 ms slots; wake Python once per chunk. */
+/* Mean absolute sample of one caller frame on the 16-bit linear scale: μ-law through
+ * Asterisk's decoding table, slin and slin16 as they are (A-law callers reach us translated:
+ * the read format is always the agent's). A few ns a frame, on the channel's thread. */
+static uint32_t up_level(const struct convai_call *c, const unsigned char *p, uint32_t n)
+{
+	uint32_t sum = 0, i;
+
+	if (c->read_fmt == ast_format_ulaw) {
+		for (i = 0; i < n; i++) {
+			sum += (uint32_t) abs(AST_MULAW(p[i]));
+		}
+		return n ? sum / n : 0;
+	}
+	for (i = 0; i + 1 < n; i += 2) {
+		int16_t s;
+
+		memcpy(&s, p + i, 2);
+		sum += (uint32_t) abs(s);
+	}
+	return n >= 2 ? sum / (n / 2) : 0;
+}
+
+/* Whether this frame ends the caller's speech: the CONVAI_UP_HANGOVER_FRAMES-th quiet one after
+ * speech. The state lives on the call, so it spans ast_read() frames and the silence fill. */
+static int up_speech_ended(struct convai_call *c, const unsigned char *p, uint32_t n)
+{
+	if (up_level(c, p, n) >= CONVAI_UP_SPEECH_LEVEL) {
+		c->up_speaking = 1;
+		c->up_quiet = 0;
+		return 0;
+	}
+	if (c->up_speaking && ++c->up_quiet >= CONVAI_UP_HANGOVER_FRAMES) {
+		c->up_speaking = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* Queue caller audio for Python, split into 20 ms slots. Python is woken once per chunk of
+ * buffer_ms, and at once when the caller's speech ends: that slot carries the
+ * CONVAI_UP_END_OF_SPEECH mark, so Python sends the partial chunk it ends. */
 static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t len, uint32_t now)
 {
 	uint32_t pushed = 0;
 	int ticks = MAX(1, (int) ((len + c->up_frame_bytes / 2) / c->up_frame_bytes));
+	int flush = 0;
 
 	while (len) {
 		uint32_t n = MIN(len, c->up_frame_bytes);
+		uint32_t mark = up_speech_ended(c, p, n) ? CONVAI_UP_END_OF_SPEECH : 0;
 
-		if (convai_ring_push_stamped(c->sess->up, 0, now, p, n)) {
+		if (convai_ring_push_stamped(c->sess->up, mark, now, p, n)) {
 			convai_stat_add(c->sess, CONVAI_STAT_UP_OVERFLOWS, 1);
 			break;
 		}
+		flush |= mark != 0;
 		p += n;
 		len -= n;
 		pushed++;
@@ -577,7 +620,12 @@ static void call_push_up(struct convai_call *c, const unsigned char *p, uint32_t
 	/* Counted even when the ring is full, so the silence fill can never spin. */
 	c->up_deficit = MAX(c->up_deficit - ticks, -UP_SLACK_FRAMES);
 	convai_stat_add(c->sess, CONVAI_STAT_FRAMES_UP, pushed);
-	if (atomic_fetch_add(&c->sess->up_unsignalled, pushed) + pushed >= c->sess->up_batch_frames) {
+	if (flush) {
+		convai_stat_add(c->sess, CONVAI_STAT_UP_FLUSHES, 1);
+	}
+	if (flush || atomic_fetch_add(&c->sess->up_unsignalled, pushed) + pushed
+		>= c->sess->up_batch_frames) {
+		/* After a flush the next chunk counts from here: steady speech keeps buffer_ms. */
 		atomic_store(&c->sess->up_unsignalled, 0);
 		convai_session_notify(c->sess);
 	}

@@ -274,6 +274,7 @@ static int cli_show_call_detail(struct convai_call *c, void *arg)
 	ast_cli(fd, "Late ticks:       %" PRIu64 "\n", convai_stat_get(s, CONVAI_STAT_LATE_TICKS));
 	ast_cli(fd, "Caller frames:    %" PRIu64 " (lost %" PRIu64 ")\n",
 		convai_stat_get(s, CONVAI_STAT_FRAMES_UP), convai_stat_get(s, CONVAI_STAT_UP_OVERFLOWS));
+	ast_cli(fd, "Ends of speech:   %" PRIu64 "\n", convai_stat_get(s, CONVAI_STAT_UP_FLUSHES));
 	ast_cli(fd, "Bytes up/down:    %" PRIu64 " / %" PRIu64 "\n",
 		convai_stat_get(s, CONVAI_STAT_BYTES_UP), convai_stat_get(s, CONVAI_STAT_BYTES_DOWN));
 	cli_show_call_tools(fd, c);

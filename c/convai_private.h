@@ -225,6 +225,8 @@ struct convai_call {
 	uint32_t last_played_id;
 	uint32_t last_write_us;
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
+	int up_speaking;            /* the caller's energy check: speech under way */
+	int up_quiet;               /* quiet frames since the caller's last speech frame */
 	int wake_efd;               /* other threads (AMI, the transfer dialler) -> this loop: the
 	                             * session's down_efd, shared with Python's commands */
 	ast_mutex_t inbox_lock;     /* serialises the AMI threads that push into inbox */

@@ -256,14 +256,19 @@ static inline int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, voi
 /*!
  * \brief Consumer: take up to \a max_slots slots and concatenate their payloads into \a out.
  * \param last_stamp if not NULL, receives the stamp of the last slot taken
+ * \param mark if not NULL, receives the event id of the last slot taken, and the pop stops
+ *        after the first slot whose id is not 0 (a mark such as CONVAI_UP_END_OF_SPEECH)
  * \return bytes written; stops early when the next payload would not fit.
  */
 static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap,
-	uint32_t max_slots, uint32_t *last_stamp)
+	uint32_t max_slots, uint32_t *last_stamp, uint32_t *mark)
 {
 	uint32_t used = 0;
 	struct convai_slot *s;
 
+	if (mark) {
+		*mark = 0;
+	}
 	while (max_slots-- && (s = convai_ring_peek(r)) && used + s->len <= cap) {
 		memcpy((unsigned char *) out + used, s->data, s->len);
 		used += s->len;
@@ -271,10 +276,12 @@ static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, ui
 			*last_stamp = s->stamp;
 		}
 		convai_ring_advance(r);
+		if (mark && (*mark = s->event_id)) {
+			break;
+		}
 	}
 	return used;
 }
-
 /*! \brief Consumer: slots dropped by the watermark so far. */
 static inline uint64_t convai_ring_skipped(struct convai_ring *r)
 {

@@ -25,7 +25,7 @@
 /* --- cffi: begin --- */
 
 /* Bumped whenever a layout or meaning below changes; Python refuses to boot on a mismatch. */
-#define CONVAI_ABI_VERSION 5
+#define CONVAI_ABI_VERSION 6
 
 #define CONVAI_HOST_MAGIC 0x434f4e56    /* "CONV" */
 #define CONVAI_SESSION_MAGIC 0x53455353 /* "SESS": checked by Python when it takes a session */
@@ -40,6 +40,17 @@
 /* Up ring: two chunks of the agent's buffer_ms, at least 0.64 s of caller audio: Python pops
  * each chunk as it is signalled and may be one chunk (and at least 400 ms) late. */
 #define CONVAI_UP_SLOTS_MIN 32
+/* Up ring slots carry event id 0, except the frame at which the caller's speech ended (the
+ * channel thread's energy check, c/call.c): that one carries CONVAI_UP_END_OF_SPEECH, and
+ * Python sends the partial chunk it ends at once instead of waiting for a full one. */
+#define CONVAI_UP_END_OF_SPEECH 1
+/* The energy check: a caller frame is speech when its mean absolute sample, on the 16-bit
+ * linear scale, reaches CONVAI_UP_SPEECH_LEVEL (about -45 dBFS: a phone line's idle noise is
+ * -60 dBFS and below, the quietest consonants -40 and above). The CONVAI_UP_HANGOVER_FRAMES-th
+ * quiet frame in a row after speech ends it, so a one-frame dip inside a word does not flush.
+ * A flush costs one shorter WebSocket message; a missed one only today's wait for a chunk. */
+#define CONVAI_UP_SPEECH_LEVEL 150
+#define CONVAI_UP_HANGOVER_FRAMES 2
 /* Command queues: slots of one command record each (see below); each side drains its queue
  * within a loop turn, and a call sends a few commands a second at most. */
 #define CONVAI_CMD_SLOTS 16
@@ -309,6 +320,7 @@ enum convai_stat {
 	CONVAI_STAT_UP_OVERFLOWS,        /* C: caller frames lost because Python fell behind */
 	CONVAI_STAT_INTERRUPT_STAMP,     /* Python: µs stamp of the last interruption's arrival */
 	CONVAI_STAT_BACKLOG_DROPPED,     /* Python: agent frames dropped over the backlog's ceiling */
+	CONVAI_STAT_UP_FLUSHES,          /* C: ends of the caller's speech, each sent at once */
 	CONVAI_STAT_MAX
 };
 

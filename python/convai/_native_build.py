@@ -83,7 +83,7 @@ uint32_t convai_ring_space(struct convai_ring *r);
 uint32_t convai_ring_count(struct convai_ring *r);
 int convai_ring_pop(struct convai_ring *r, uint32_t *event_id, void *out, uint32_t cap);
 uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, uint32_t cap, uint32_t max_slots,
-    uint32_t *last_stamp);
+    uint32_t *last_stamp, uint32_t *mark);
 uint64_t convai_ring_skipped(struct convai_ring *r);
 
 uint64_t convai_stat_get(struct convai_session *s, int i);

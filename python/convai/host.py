@@ -250,6 +250,7 @@ class CallBridge:
         self._cmd_buf = ffi.new("uint32_t[]", lib.CONVAI_CMD_BYTES // 4 + 1)  # aligned records
         self._cmd_type = ffi.new("uint32_t *")
         self._stamp = ffi.new("uint32_t *")
+        self._mark = ffi.new("uint32_t *")
         self._tail_timer: asyncio.TimerHandle | None = None
         self._top_up: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -300,9 +301,11 @@ class CallBridge:
             self._on_command(int(self._cmd_type[0]), n)
         # One pop per chunk, so each chunk's wait (its last frame queued -> handed over) is
         # sampled, also when several piled up while the loop was busy.
+        # A pop stops after a slot marked CONVAI_UP_END_OF_SPEECH: the caller has stopped
+        # talking, so the chunk it ends goes to the agent now, however short (flush).
         batch = max(1, int(self.sess.up_batch_frames))
         while n := lib.convai_ring_pop_many(
-            self.sess.up, self._up_buf, len(self._up_buf), batch, self._stamp
+            self.sess.up, self._up_buf, len(self._up_buf), batch, self._stamp, self._mark
         ):
             lib.convai_hist_add(
                 self.sess,
@@ -310,7 +313,10 @@ class CallBridge:
                 (lib.convai_now_us() - self._stamp[0]) & 0xFFFFFFFF,
             )
             if self.phase is not Phase.DONE:
-                self.session.feed_caller_audio(bytes(ffi.buffer(self._up_buf, n)))
+                self.session.feed_caller_audio(
+                    bytes(ffi.buffer(self._up_buf, n)),
+                    flush=self._mark[0] == lib.CONVAI_UP_END_OF_SPEECH,
+                )
         lib.convai_stat_set(self.sess, lib.CONVAI_STAT_BYTES_UP, self.session.bytes_up)
 
     def _on_command(self, kind: int, n: int) -> None:

@@ -267,8 +267,11 @@ class Session:
 
     # ------------------------------------------------------------------ host API
 
-    def feed_caller_audio(self, data: bytes) -> None:
-        """Caller audio in the agent's input format. Never blocks; sends keep order."""
+    def feed_caller_audio(self, data: bytes, flush: bool = False) -> None:
+        """Caller audio in the agent's input format. Never blocks; sends keep order.
+        Sent in chunks of ``audio_frames_buffer_ms``; ``flush`` (the caller's speech has just
+        ended: c/call.c) sends what is left over at once as a shorter chunk, so the last
+        word does not wait for a chunk to fill."""
         if not self._life.live or not data:
             return
         if self._life.phase is Phase.CONNECTING:
@@ -279,10 +282,10 @@ class Session:
             return
         self._up_buf += data
         n = self._chunk_bytes
-        while len(self._up_buf) >= n:
+        while len(self._up_buf) >= n or (flush and self._up_buf):
             chunk = bytes(self._up_buf[:n])
             del self._up_buf[:n]
-            self._up.append((ClientProtocol.audio_chunk(chunk), n))
+            self._up.append((ClientProtocol.audio_chunk(chunk), len(chunk)))
             if len(self._up) > self._up_backlog:
                 self._up.popleft()  # the socket is stalled: old caller audio is worthless
                 self.audio_chunks_dropped += 1

@@ -345,3 +345,111 @@ def snr_db(reference: list[int], test: list[int]) -> float:
     sig = sum(x * x for x in reference)
     err = sum((x - y) ** 2 for x, y in zip(reference, test, strict=True))
     return math.inf if err == 0 else 10 * math.log10(max(sig, 1) / err)
+
+
+# --- the uplink's end-of-speech flush (c/call.c, issue 12) ------------------------------------
+
+
+def _shared_define(name: str) -> int:
+    """A constant of c/convai_shared.h, its one home."""
+    header = Path(__file__).resolve().parents[2] / "c" / "convai_shared.h"
+    m = re.search(rf"^#define {name} (\d+)\b", header.read_text(), re.M)
+    assert m, f"{name} is not in {header}"
+    return int(m.group(1))
+
+
+UP_SPEECH_LEVEL = _shared_define("CONVAI_UP_SPEECH_LEVEL")
+UP_HANGOVER_FRAMES = _shared_define("CONVAI_UP_HANGOVER_FRAMES")
+
+
+def up_level(frame: bytes) -> int:
+    """The channel thread's energy check on one μ-law frame: mean |sample| (c/call.c)."""
+    return sum(abs(x) for x in ulaw_decode(frame)) // len(frame) if frame else 0
+
+
+@dataclass
+class UplinkTurn:
+    """One utterance of the caller, as the simulator received it (μ-law, bit-exact)."""
+
+    offset: int  # where it starts in the caller audio the simulator received
+    last_speech: int  # its last frame at or above UP_SPEECH_LEVEL (index into the utterance)
+    latency_ms: float  # that frame sent by the caller -> the chunk holding it at the simulator
+    chunk_ends: list[int]  # chunk boundaries the simulator saw, from the chunk before it on
+    expected_ends: list[int]  # where the flush rule puts them (full chunks, ends of speech)
+    flushes: int  # ends of speech among expected_ends
+    unflushed_ends: list[int]  # where whole chunks alone would put them (no flush)
+
+    @property
+    def flushed(self) -> bool:
+        return self.chunk_ends == self.expected_ends
+
+
+def expected_chunk_ends(
+    audio_in: bytes, start: int, stop: int, batch: int, frame: int
+) -> tuple[list[int], int]:
+    """Chunk boundaries in ``audio_in`` after ``start`` (a boundary, in silence) up to ``stop``,
+    and how many are ends of speech: a chunk ends after ``batch`` frames, or at the frame that
+    ends the caller's speech (the UP_HANGOVER_FRAMES-th quiet frame after a speech frame),
+    from which the count restarts."""
+    ends, count, speaking, quiet, flushes = [], 0, False, 0, 0
+    for pos in range(start, stop, frame):
+        count += 1
+        flush = False
+        if up_level(audio_in[pos : pos + frame]) >= UP_SPEECH_LEVEL:
+            speaking, quiet = True, 0
+        elif speaking:
+            quiet += 1
+            if quiet >= UP_HANGOVER_FRAMES:
+                speaking, flush = False, True
+        if flush or count == batch:
+            ends.append(pos + frame)
+            count = 0
+        flushes += flush
+    return ends, flushes
+
+
+def uplink_turns(
+    rec: ConversationRecord,
+    sent_ns: list[int],
+    utterances: list[bytes],
+    batch: int,
+    frame: int = 160,
+    missing: list[int] | None = None,
+) -> list[UplinkTurn]:
+    """Each utterance the caller sent (``RtpCall.send_audio`` payloads, in order, with the
+    call's ``sent_audio_ns``), found in what the simulator received: when its last speech
+    frame arrived, and how the caller audio around its end was cut into chunks. An utterance
+    not received bit-exact fails, unless ``missing`` is given: then its index goes there."""
+    audio_in = bytes(rec.caller_audio)
+    ends = list(itertools.accumulate(n for _, n in rec.caller_chunks))
+    turns, first, pos = [], 0, 0
+    for utt in utterances:
+        utt = utt + bytes([0xFF]) * (-len(utt) % frame)  # as send_audio pads it
+        at = audio_in.find(utt, pos)
+        frames = [utt[i : i + frame] for i in range(0, len(utt), frame)]
+        if at >= 0 and missing is not None:
+            # The same prompt said again later is no match: it must arrive within 2 s.
+            j = bisect.bisect_right(ends, at)
+            if j >= len(ends) or not 0 < rec.caller_chunks[j][0] - sent_ns[first] < 2e9:
+                at = -1
+        if at < 0 and missing is not None:
+            missing.append(len(turns) + len(missing))
+            first += len(frames)
+            continue
+        assert at >= 0, f"utterance {len(turns)} not received bit-exact"
+        loud = [i for i, f in enumerate(frames) if up_level(f) >= UP_SPEECH_LEVEL]
+        assert loud, f"utterance {len(turns)} has no frame at or above {UP_SPEECH_LEVEL}"
+        last = loud[-1]
+        tail_end = at + (last + 1) * frame  # the end of its last speech frame
+        i = bisect.bisect_left(ends, tail_end)
+        assert i < len(ends), "the utterance's last speech never reached the simulator"
+        latency = (rec.caller_chunks[i][0] - sent_ns[first + last]) / 1e6
+        start = ends[bisect.bisect_right(ends, at) - 1] if ends[0] <= at else 0
+        stop = tail_end + UP_HANGOVER_FRAMES * frame
+        seen = [e for e in ends if start < e <= stop]
+        expected, flushes = expected_chunk_ends(audio_in, start, stop, batch, frame)
+        unflushed = list(range(start + batch * frame, stop + 1, batch * frame))
+        turns.append(UplinkTurn(at, last, latency, seen, expected, flushes, unflushed))
+        first += len(frames)
+        pos = at + len(utt)
+    return turns

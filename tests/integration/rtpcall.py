@@ -157,6 +157,9 @@ class RtpCall:
         self._audio: queue.Queue[bytes] = queue.Queue()
         self._dtmf: queue.Queue[tuple[str, int]] = queue.Queue()
         self.sent_packets = 0
+        # time.monotonic_ns() when each frame queued by send_audio() went out, in order (the
+        # silence between them is not listed): when the caller's last word was spoken.
+        self.sent_audio_ns: list[int] = []
         self._threads: list[threading.Thread] = []
         self._seq = random.randrange(0, 0x10000)
         self._ts = random.randrange(0, 0x100000000)
@@ -431,11 +434,15 @@ class RtpCall:
                 dtmf = None if last else (event, total, sent + 1, start_ts)
                 self.sent_packets += n
             else:
+                queued = True
                 try:
                     frame: bytes | None = self._audio.get_nowait()
                 except queue.Empty:
+                    queued = False
                     frame = bytes([self.silence]) * self.frame_bytes if self.fill_silence else None
                 if frame is not None:
+                    if queued:
+                        self.sent_audio_ns.append(time.monotonic_ns())
                     self.rtp.sendto(self._packet(self.pt, frame, first), self.remote_rtp)
                     self.sent_packets += 1
                     first = False

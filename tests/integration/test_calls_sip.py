@@ -22,6 +22,7 @@ import pytest
 from asterisk import Asterisk
 from calls_util import (
     REALTIME,
+    UP_HANGOVER_FRAMES,
     AmiEvents,
     alaw_decode,
     arrival_wall,
@@ -42,6 +43,7 @@ from calls_util import (
     stat,
     summary,
     ulaw_decode,
+    uplink_turns,
     wait_for_bytes,
     wait_until,
 )
@@ -239,6 +241,54 @@ def test_barge_in_cuts_within_a_frame_and_stale_audio_never_plays(
     assert stat(stats, "FramesPlayed") == k + frames_of(len(reply.audio), FRAME)
     assert stat(stats, "FramesDropped") > 0
     assert line.groups()[:2] == ("COMPLETED", "agent_ended_call"), line.group(0)
+    assert not ast.errors(), ast.errors()
+
+
+def test_end_of_speech_sends_the_partial_chunk_at_once(
+    simulator: SimMaker, convai_asterisk: AsteriskMaker, tmp_path: Path
+) -> None:
+    """Issue 12's uplink flush, with the seed's default 240 ms chunks: while the caller talks,
+    caller audio reaches the agent in whole 240 ms chunks; when the speech ends (the channel
+    thread's energy check, then CONVAI_UP_HANGOVER_FRAMES quiet frames), the partial chunk
+    goes at once, and the next chunk counts afresh from there. Checked on the chunks the
+    simulator received (sizes, order, bytes: μ-law end to end is bit-exact), against where
+    the rule puts the boundaries in the caller's own audio; a call that only sent whole chunks
+    would put them elsewhere (checked too)."""
+    sim = simulator(
+        Scenario(greeting="Hello.", replies=["I heard you, thank you."], end_after_turns=2)
+    )
+    ast = convai_asterisk(
+        agents={"sim": agent(sim, elevenlabs_audio_frames_buffer_ms="240")},
+        dialplan=DIALPLAN_AGENT_100,
+        sip_allow="ulaw",
+        more_modules=["res_convert"],
+        options=REALTIME,
+    )
+    said = [prompt(ast, name, "ulaw", tmp_path) for name in ("hello-world", "tt-weasels")]
+    with AmiEvents(ast) as ami, RtpCall(ast.sip_port, "100", codec="PCMU") as call:
+        wait_for_bytes(call, _phrase(sim, "Hello."), 15, "the greeting")
+        call.send_audio(said[0], wait=True)
+        wait_for_bytes(call, _phrase(sim, "I heard you, thank you."), 15, "the reply")
+        call.send_audio(said[1], wait=True)
+        assert call.wait_bye(timeout=25), "Asterisk did not hang up"
+        stats = ami.wait("ElevenLabsConvAIStats", timeout=5)[0]
+    rec = sim.conversations[0]
+    turns = uplink_turns(rec, call.sent_audio_ns, said, batch=240 // 20)
+    for t in turns:
+        print(
+            f"utterance at {t.offset}: last speech frame {t.last_speech}, at the simulator "
+            f"{t.latency_ms:.1f} ms after the caller sent it; chunk ends {t.chunk_ends} "
+            f"(rule {t.expected_ends}, {t.flushes} end(s) of speech)"
+        )
+    print(f"UpFlushes {stats['UpFlushes']}, chunks {len(rec.caller_chunks)}")
+    for t in turns:
+        assert t.flushes >= 1 and t.chunk_ends == t.expected_ends, t
+        assert t.chunk_ends[-1] == t.offset + (t.last_speech + 1 + UP_HANGOVER_FRAMES) * FRAME
+    assert any(t.expected_ends != t.unflushed_ends for t in turns), "the check cannot tell"
+    full = [n for _, n in rec.caller_chunks[1:]]  # past the early audio held before the start
+    assert max(full) == 240 // 20 * FRAME and full.count(1920) > len(full) // 2, full
+    assert stat(stats, "UpFlushes") == sum(t.flushes for t in turns)
+    assert stat(stats, "UpOverflows") == 0
     assert not ast.errors(), ast.errors()
 
 

@@ -225,7 +225,7 @@ def test_show_agents_calls_and_call_during_a_sip_call(
         assert re.fullmatch(r"\d+\.\d ms", fields["Ping RTT"]), fields
         assert float(row["RTT ms"]) > 0, row
         assert int(fields["Frames played"]) > 0
-        for key in ("Underruns", "Late ticks", "Last event ID"):
+        for key in ("Underruns", "Late ticks", "Last event ID", "Ends of speech"):
             assert fields[key].isdigit(), fields
         assert re.fullmatch(r"\d+ \(lost 0\)", fields["Caller frames"]), fields
         up, down = (int(x) for x in fields["Bytes up/down"].split(" / "))

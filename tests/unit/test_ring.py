@@ -142,10 +142,29 @@ def test_pop_many_concatenates_up_to_capacity() -> None:
         lib.convai_ring_push_stamped(ring, 0, 100 + i, bytes([i]) * 4, 4)
     buf = ffi.new("uint8_t[]", 10)
     stamp = ffi.new("uint32_t *")
-    n = lib.convai_ring_pop_many(ring, buf, 10, 8, stamp)
+    n = lib.convai_ring_pop_many(ring, buf, 10, 8, stamp, ffi.NULL)
     assert bytes(ffi.buffer(buf, n)) == b"\0" * 4 + b"\1" * 4  # a third would not fit
     assert lib.convai_ring_count(ring) == 3
     assert stamp[0] == 101  # the last slot taken
+
+
+def test_pop_many_stops_after_a_marked_slot() -> None:
+    """The up ring's end-of-speech mark (c/call.c): a pop ends with the marked slot and says
+    so; the next pop starts after it, unmarked."""
+    _mem, ring = make_ring(slots=8, slot_bytes=2)
+    for i in range(6):
+        mark = lib.CONVAI_UP_END_OF_SPEECH if i == 2 else 0
+        lib.convai_ring_push_stamped(ring, mark, 10 + i, bytes([i]) * 2, 2)
+    buf = ffi.new("uint8_t[]", 16)
+    stamp = ffi.new("uint32_t *")
+    got = ffi.new("uint32_t *")
+    n = lib.convai_ring_pop_many(ring, buf, 16, 8, stamp, got)
+    assert bytes(ffi.buffer(buf, n)) == b"\0\0\1\1\2\2"
+    assert (got[0], stamp[0]) == (lib.CONVAI_UP_END_OF_SPEECH, 12)
+    n = lib.convai_ring_pop_many(ring, buf, 16, 8, stamp, got)
+    assert bytes(ffi.buffer(buf, n)) == b"\3\3\4\4\5\5"
+    assert got[0] == 0
+    assert lib.convai_ring_pop_many(ring, buf, 16, 8, stamp, got) == 0
 
 
 def test_wraparound_keeps_order() -> None:

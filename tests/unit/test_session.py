@@ -578,6 +578,31 @@ def test_caller_audio_is_chunked_at_buffer_ms() -> None:
     assert out.result.status == "HANGUP"
 
 
+def test_flush_sends_the_partial_chunk_at_once_then_chunks_count_afresh() -> None:
+    """The end of the caller's speech (flush, from c/call.c's energy check) sends what is
+    left over as a short chunk at once; the next chunks are whole buffer_ms ones again."""
+    frames = [bytes([i]) * 160 for i in range(40)]
+
+    async def driver(session: Session, rec: Recorder, svc: FakeService) -> None:
+        await until(lambda: bool(rec.started))
+        for f in frames[:17]:  # one 240 ms chunk, 100 ms over
+            session.feed_caller_audio(f)
+        session.feed_caller_audio(frames[17], flush=True)  # 120 ms left: sent now
+        await until(lambda: session.bytes_up == 1920 + 960)
+        session.feed_caller_audio(b"", flush=True)  # nothing held: nothing sent
+        for f in frames[18:30]:  # a whole chunk from the flush on
+            session.feed_caller_audio(f)
+        await until(lambda: session.bytes_up == 2 * 1920 + 960)
+        session.hangup()
+
+    out = run_session(wait_for_client_close, driver=driver)
+    assert out.svc.audio_frames() == [
+        b"".join(frames[:12]),
+        b"".join(frames[12:18]),
+        b"".join(frames[18:30]),
+    ]
+
+
 def test_caller_audio_chunking_pcm_16000_100ms() -> None:
     async def agent(conn: ServerConnection, svc: FakeService) -> None:
         await svc.recv(conn)

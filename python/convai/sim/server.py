@@ -306,6 +306,9 @@ class ConversationRecord:
     caller_audio_bytes: int = 0
     caller_audio_chunks: int = 0
     caller_audio: bytearray = field(default_factory=bytearray)  # raw, input format, capped
+    # (time.monotonic_ns() at arrival, bytes) of each user_audio_chunk, capped: where each
+    # chunk ends in caller_audio and when it came (bench/uplink.py, the flush test).
+    caller_chunks: list[tuple[int, int]] = field(default_factory=list)
     user_messages: list[str] = field(default_factory=list)
     contextual_updates: list[dict[str, Any]] = field(default_factory=list)
     user_activity: int = 0
@@ -730,6 +733,7 @@ class _Conversation:
         self._ulaw_in = audio.is_ulaw(sc.input_format)
         self._frame_bytes = rate * FRAME_MS // 1000 * 2
         self._leftover = b""
+        self._rx_ns = 0  # time.monotonic_ns() when the message being handled arrived
         self._audio_ms = 0
         self._in_speech = False
         self._speech_run_ms = 0
@@ -1118,6 +1122,7 @@ class _Conversation:
             self._log(logging.ERROR, "!", "contract violation (%s): %s", direction, why)
 
     async def _on_text(self, data: str) -> None:
+        self._rx_ns = time.monotonic_ns()  # before decoding and the contract check
         try:
             msg = json.loads(data)
         except ValueError:
@@ -1246,6 +1251,7 @@ class _Conversation:
 
     # --- caller audio, VAD and turns ---
     async def _on_audio(self, b64: str) -> None:
+        arrived_ns = self._rx_ns
         try:
             data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
@@ -1254,6 +1260,8 @@ class _Conversation:
         rec = self.rec
         rec.caller_audio_bytes += len(data)
         rec.caller_audio_chunks += 1
+        if len(rec.caller_chunks) < EVENT_LOG_CAP:
+            rec.caller_chunks.append((arrived_ns, len(data)))
         room = self._audio_cap - len(rec.caller_audio)
         if room > 0:
             rec.caller_audio += data[:room]
