@@ -591,13 +591,13 @@ class ClientProtocol:
         return out
 
     def _receive(self, data: str | bytes) -> list[Event]:
-        if isinstance(data, bytes | bytearray | memoryview):
+        if isinstance(data, str):  # text frames: what the server sends
+            text = data
+        elif isinstance(data, bytes | bytearray | memoryview):
             try:
                 text = bytes(data).decode("utf-8")
             except UnicodeDecodeError as exc:
                 return [MalformedMessage(f"invalid UTF-8: {exc}", _excerpt(data))]
-        elif isinstance(data, str):
-            text = data
         else:
             return [MalformedMessage(f"unsupported frame type {type(data).__name__}", "")]
         try:
