@@ -35,7 +35,7 @@
 #define START_TIMEOUT_MS 60000
 #define DRAIN_MAX_MS 30000
 #define PREBUFFER_FRAMES 3       /* 60 ms, absorbed at once when a chunk arrives */
-#define CATCHUP_MAX 3            /* frames written for one wake-up after a stall */
+#define CATCHUP_MAX 3U           /* frames written for one wake-up after a stall */
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 

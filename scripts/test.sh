@@ -15,16 +15,20 @@
 #   sanitize:    (sid) scripts/sanitize.sh: an ASan+UBSan build of the module, the integration
 #                subset it names, with the ASan runtime preloaded into Asterisk; fails on any report;
 #   deb:         (sid) testbed/deb-test.sh builds, lints, installs, calls, removes, purges.
+#   pycompat:    scripts/pycompat.sh: a warning-free build with each Python 3.11-3.14 no root has
+#                (3.12, pyenv's) against that flavour's Asterisk headers.
 # It ends with a matrix: phase x flavour, PASS/FAIL/SKIP and seconds.
 #
 # Usage: scripts/test.sh [--host-only | --integration-only] [--flavour F[,F...]] [--phase P[,P...]]
-#                        [-k EXPR] [-- PYTEST_ARGS...]
+#                        [--serial] [-k EXPR] [-- PYTEST_ARGS...]
 #   --host-only         the host phases only
 #   --integration-only  no host phases, and only tests/integration in the pytest phase
 #   --flavour F,...     only these flavours (default: all; sid alone with --integration-only or -k)
 #   --phase P,...       only these phases (and the ones they need), e.g. --phase source-md
 #   -k EXPR             passed to every pytest run; phases marked `full` (cluster, source-md, deb) are not run
 #   -- ARGS             passed to every pytest run; likewise
+#   --serial            one phase at a time, in the foreground (default: the lanes of the table
+#                       below side by side, each logging to out/test-logs/)
 #   --list              print the phase table and exit
 # Exits non-zero when anything fails.
 
@@ -41,30 +45,41 @@ VENV=$REPO/.venv
 TB=$REPO/testbed/testbed.sh
 
 # ---- the phases ---------------------------------------------------------------------------------
-# One line each, run in this order:  NAME  FLAVOURS  NEEDS  WHEN  COMMAND...
+# One line each:  NAME  FLAVOURS  NEEDS  WHEN  LANE  COMMAND...
 #   FLAVOURS  host | all (every testbed flavour) | source (the from-source ones) | names, a,b
 #   NEEDS     phases of the same flavour that must have passed first (a,b), or -
 #   WHEN      always | full (not run when -k or pytest arguments select a subset)
-#   COMMAND   evaluated with $F (the flavour) set; `tb ARGS` is testbed/testbed.sh --flavour $F ARGS
-# Adding a phase is adding a line (e.g. "faults sid build full bash tests/faults/run.sh").
+#   LANE      - : first, in order (what every later phase of the column needs);
+#             a, b: then both lanes of every column at once, each in order. The columns run side
+#             by side too (after the host's `packages`: debootstrap comes from it). Each lane logs
+#             to out/test-logs/COLUMN-LANE.log, printed whole when everything has ended.
+#             z: last, alone, once every other lane has ended: the tests marked `timing`
+#             (RTP pacing, barge-in cut latency) measure the machine, not only the module.
+#             --serial runs it all in this order, in the foreground.
+#   COMMAND   evaluated with $F (the flavour) set; `tb ARGS` is testbed/testbed.sh --flavour $F ARGS;
+#             exit 77 means "cannot run on this machine" and shows as SKIP with the reason it printed
+# Adding a phase is adding a line (e.g. "faults sid build full b bash tests/faults/run.sh").
+# The split of sid's phases over its two lanes keeps them about even (~8 min each, cached).
 PHASES=(
-  "packages   host   -          always  host_packages"
-  "venv       host   packages   always  host_venv"
-  "ruff       host   venv       always  \$VENV/bin/ruff check"
-  "format     host   venv       always  \$VENV/bin/ruff format --check"
-  "mypy       host   venv       always  \$VENV/bin/mypy"
-  "unit       host   venv       always  host_unit"
-  "provision  all    -          always  tb provision"
-  "build      all    provision  always  tb run bash /src/scripts/build.sh"
-  "pytest     all    build      always  tb_pytest"
-  "cluster    sid    build      full    bash \$REPO/scripts/cluster-test.sh --built"
-  "source-md  source provision  full    tb run --scratch bash /src/tests/install/source-install.sh"
-  "sanitize   sid    build      full    tb run bash /src/scripts/sanitize.sh"
-  "deb        sid    provision  full    bash \$REPO/testbed/deb-test.sh"
+  "packages   host   -          always  -  host_packages"
+  "venv       host   packages   always  a  host_venv"
+  "ruff       host   venv       always  a  \$VENV/bin/ruff check"
+  "format     host   venv       always  a  \$VENV/bin/ruff format --check"
+  "mypy       host   venv       always  a  \$VENV/bin/mypy"
+  "unit       host   venv       always  a  host_unit"
+  "provision  all    -          always  -  tb provision"
+  "build      all    provision  always  -  tb run bash /src/scripts/build.sh"
+  "pytest     all    build      always  a  tb_pytest"
+  "source-md  source provision  full    a  tb run --scratch bash /src/tests/install/source-install.sh"
+  "deb        sid    provision  full    a  bash \$REPO/testbed/deb-test.sh"
+  "cluster    sid    build      full    b  bash \$REPO/scripts/cluster-test.sh --built"
+  "sanitize   sid    build      full    b  tb run bash /src/scripts/sanitize.sh"
+  "pycompat   all    provision  full    b  bash \$REPO/scripts/pycompat.sh --flavour \$F"
+  "timing     sid    build      always  z  tb_pytest timing"
 )
 
 # ---- options ------------------------------------------------------------------------------------
-host=1 testbed=1 unit_in_testbed=1
+host=1 testbed=1 unit_in_testbed=1 serial=0
 pytest_args=()
 kexpr="" only_flavours="" only_phases=""
 need_arg() { [ "$2" -ge 2 ] || {
@@ -74,6 +89,7 @@ need_arg() { [ "$2" -ge 2 ] || {
 while [ $# -gt 0 ]; do
   case $1 in
     --host-only) testbed=0 ;;
+    --serial) serial=1 ;;
     --integration-only) host=0 unit_in_testbed=0 ;;
     --flavour | --flavours)
       need_arg "$1" $#
@@ -118,6 +134,8 @@ if [ -n "$kexpr" ]; then
 fi
 subset=0
 [ ${#pytest_args[@]} -eq 0 ] || subset=1
+# A focused run has no `full` phases, so nothing to run beside its pytest: live output instead.
+[ "$subset" = 0 ] || serial=1
 
 if [ "$(id -u)" != 0 ]; then
   echo "test.sh: run as root (it installs packages and builds chroots)" >&2
@@ -198,12 +216,17 @@ host_unit() {
 
 # pytest in the flavour's root. The staged Python dir comes first on the path: it holds what the
 # build bundled (websockets on Debian 12), as the module's own sys.path does.
-tb_pytest() {
-  local suites=(tests/integration) sel=() suite rc=0
-  [ "$unit_in_testbed" = 1 ] && suites=(tests/unit tests/integration)
+tb_pytest() { # tb_pytest [timing]: every test but the `timing` ones, or only those
+  local suites=(tests/integration) marks="not timing" suite rc=0
+  if [ "${1:-}" = timing ]; then
+    marks=timing
+  elif [ "$unit_in_testbed" = 1 ]; then
+    suites=(tests/unit tests/integration)
+  fi
   # No pjproject in the from-source roots: the SIP/RTP tests are selected out by their marker
   # (a SIP test without the marker fails there: chan_pjsip does not load).
-  is_source "$F" && sel=(-m "not sip")
+  is_source "$F" && marks="($marks) and not sip"
+  local sel=(-m "$marks")
   # One pytest per suite: both have a test_tools.py, which pytest < 8 (Debian 12's 7.2) cannot
   # collect in one run in its default import mode.
   for suite in "${suites[@]}"; do
@@ -216,9 +239,15 @@ tb_pytest() {
 }
 
 # ---- the runner ---------------------------------------------------------------------------------
+# Each phase's outcome is a line "COLUMN NAME RESULT SECONDS" in $RESULTS (lanes are subshells);
+# RESULT and SECS are this shell's view of it.
 declare -A RESULT=() SECS=()
 failed=0
 t_all=$(date +%s.%N)
+LOGS=$REPO/out/test-logs
+RESULTS=$LOGS/results
+rm -rf "$LOGS" && mkdir -p "$LOGS" && : >"$RESULTS"
+exec 3>&1 # progress lines reach the terminal from inside the lanes' redirected output
 
 applies() { # applies FLAVOURS COLUMN
   case $1 in
@@ -256,29 +285,47 @@ run_phase() { # run_phase COLUMN NAME NEEDS COMMAND
   if [ "$needs" != - ]; then
     for n in ${needs//,/ }; do
       if [ "${RESULT[$col/$n]:-}" != PASS ]; then
-        RESULT[$col/$name]=SKIP SECS[$col/$name]=0
-        echo "==> $col: $name: not run: $n did not pass" >&2
+        record "$col" "$name" SKIP 0
+        echo "==> $col: $name: not run: $n did not pass" | tee /dev/fd/3 >&2
         return 0
       fi
     done
   fi
   echo
   echo "==> $col: $name"
+  [ "$serial" = 1 ] || echo "$(date +%T) ==> $col: $name" >&3
   t=$(date +%s.%N)
   F=$col
   eval "$cmd" || rc=$?
-  SECS[$col/$name]=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  if [ "$rc" = 0 ]; then
-    RESULT[$col/$name]=PASS
-  else
-    RESULT[$col/$name]=FAIL
-    failed=1
-    echo "==> $col: $name: FAILED (exit $rc)" >&2
-  fi
+  secs=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  case $rc in
+    0) record "$col" "$name" PASS "$secs" ;;
+    77) record "$col" "$name" SKIP "$secs" ;;
+    *)
+      record "$col" "$name" FAIL "$secs"
+      echo "==> $col: $name: FAILED (exit $rc)" >&2
+      ;;
+  esac
+  [ "$serial" = 1 ] || echo "$(date +%T) <== $col: $name: ${RESULT[$col/$name]} in ${secs} s" >&3
+}
+
+record() { # record COLUMN NAME RESULT SECONDS
+  RESULT[$1/$2]=$3 SECS[$1/$2]=$4
+  [ "$3" != FAIL ] || failed=1
+  echo "$1 $2 $3 $4" >>"$RESULTS"
+}
+
+load_results() { # every lane's outcomes into RESULT/SECS
+  local col name res secs
+  while read -r col name res secs; do
+    RESULT[$col/$name]=$res SECS[$col/$name]=$secs
+    [ "$res" != FAIL ] || failed=1
+  done <"$RESULTS"
 }
 
 matrix() {
   local line name flav cell col w=16
+  load_results
   echo
   echo "================================ matrix: phase x flavour ================================"
   printf '  %-11s' phase
@@ -308,19 +355,71 @@ matrix() {
 }
 trap matrix EXIT
 
-run_all() {
-  local col line name flav needs when cmd
-  for col in "${COLUMNS_[@]}"; do
-    for line in "${PHASES[@]}"; do
-      read -r name flav needs when cmd <<<"$line"
-      applies "$flav" "$col" || continue
-      selected "$name" || continue
-      [ "$when" = full ] && [ "$subset" = 1 ] && continue
-      [ "$col" != host ] || [ "$host" = 1 ] || continue
-      run_phase "$col" "$name" "$needs" "$cmd"
-    done
+run_lane() { # run_lane COLUMN LANE: that lane's phases, in order
+  local col=$1 line name flav needs when lane cmd
+  for line in "${PHASES[@]}"; do
+    read -r name flav needs when lane cmd <<<"$line"
+    [ "$lane" = "$2" ] || continue
+    applies "$flav" "$col" || continue
+    selected "$name" || continue
+    [ "$when" = full ] && [ "$subset" = 1 ] && continue
+    [ "$col" != host ] || [ "$host" = 1 ] || continue
+    run_phase "$col" "$name" "$needs" "$cmd"
   done
 }
 
+lane_job() { # lane_job COLUMN LANE...: in the background, logging to out/test-logs/COLUMN-LANE.log
+  local col=$1 lane
+  shift
+  for lane in "$@"; do
+    (
+      trap - EXIT
+      run_lane "$col" "$lane"
+    ) >"$LOGS/$col-$lane.log" 2>&1 &
+  done
+}
+
+column_job() { # column_job COLUMN: its first lane, then the others side by side
+  local col=$1
+  (
+    trap - EXIT
+    run_lane "$col" - >"$LOGS/$col--.log" 2>&1
+    lane_job "$col" a b
+    wait
+  ) &
+}
+
+show_logs() {
+  local f
+  for f in "$LOGS"/*.log; do
+    [ -s "$f" ] || continue
+    echo
+    echo "################################ ${f#"$REPO"/} ################################"
+    cat "$f"
+  done
+}
+
+run_all() {
+  local col lane
+  if [ "$serial" = 1 ]; then
+    for col in "${COLUMNS_[@]}"; do
+      for lane in - a b; do run_lane "$col" "$lane"; done
+    done
+    for col in "${COLUMNS_[@]}"; do run_lane "$col" z; done
+    return
+  fi
+  trap 'kill 0' INT TERM
+  [ "$host" = 0 ] || run_lane host - # debootstrap and the rest come from it
+  [ "$host" = 0 ] || lane_job host a
+  for col in "${COLUMNS_[@]}"; do
+    [ "$col" = host ] || column_job "$col"
+  done
+  wait
+  show_logs
+  load_results # lane z's needs (build) passed in a lane's subshell
+  serial=1     # in the foreground from here: no separate progress lines
+  for col in "${COLUMNS_[@]}"; do run_lane "$col" z; done
+}
+
 # One line, parsed whole before it runs: editing this file during a run does no harm.
-run_all; exit "$failed"
+run_all; load_results; exit "$failed"

@@ -98,6 +98,7 @@ DEFAULT_MODULES = [
     "app_exec",
     "app_dial",
     "app_userevent",
+    "app_waitforsilence",
     "func_channel",
     "func_callerid",
     "func_strings",

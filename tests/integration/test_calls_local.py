@@ -48,8 +48,11 @@ exten => speak,1,Playback(hello-world)
  same => n,Wait(60)
 exten => dtmf,1,SendDTMF(12#)
  same => n,Wait(60)
+; talker speaks once the greeting is over, however long the agent took to connect: it hears
+; the greeting start (noise) and end (silence) first, so it barges in only when the test wants.
 exten => talker,1,Answer()
- same => n,Wait(1.5)
+ same => n,WaitForNoise(100,1,10)
+ same => n,WaitForSilence(300,1,10)
  same => n,Playback(hello-world)
  same => n,Wait(60)
 

@@ -87,6 +87,7 @@ def _phrase(sim: Simulator, text: str, fmt: str = FMT) -> bytes:
     return b"".join(base64.b64decode(c.b64) for c in sim._phrases[(text, fmt, CHUNK_MS)])
 
 
+@pytest.mark.timing
 def test_ulaw_agent_audio_is_bit_exact_in_order_and_paced(
     simulator: SimMaker, convai_asterisk: AsteriskMaker, tmp_path: Path
 ) -> None:
@@ -159,6 +160,7 @@ def test_ulaw_agent_audio_is_bit_exact_in_order_and_paced(
     assert not ast.errors(), ast.errors()
 
 
+@pytest.mark.timing
 def test_barge_in_cuts_within_a_frame_and_stale_audio_never_plays(
     simulator: SimMaker, convai_asterisk: AsteriskMaker, tmp_path: Path
 ) -> None:
@@ -444,6 +446,7 @@ def test_alaw_caller_is_transcoded_and_completes(
     assert not ast.errors(), ast.errors()
 
 
+@pytest.mark.timing
 def test_python_stall_of_200ms_is_not_heard(
     simulator: SimMaker, convai_asterisk: AsteriskMaker
 ) -> None:

@@ -86,6 +86,7 @@ def _intervals_ms(call: RtpCall) -> list[float]:
 
 
 @pytest.mark.sip
+@pytest.mark.timing
 def test_sip_call_rtp_pacing(asterisk_factory: AsteriskFactory) -> None:
     ast = asterisk_factory(configs={"extensions.conf": EXTENSIONS})
     with RtpCall(ast.sip_port, "100", codec="PCMU") as call:
