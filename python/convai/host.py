@@ -710,7 +710,9 @@ class Runtime:
 
 
 def _apply_debug(host: Any) -> None:
-    log.setLevel(logging.DEBUG if lib.convai_host_debug(host) else logging.INFO)
+    level = logging.DEBUG if lib.convai_host_debug(host) else logging.INFO
+    if log.level != level:  # setLevel clears every logger's level cache: not on each wake
+        log.setLevel(level)
 
 
 def boot(address: int) -> None:

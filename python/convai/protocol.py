@@ -508,6 +508,17 @@ def _reject_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def _decode_json(text: str) -> Any:
+    """``_DECODER.decode(text)``, without its two whitespace regex matches for the usual
+    frame (an object, nothing around it): ~19 frames per call-second come through here.
+    Anything else takes ``decode`` itself, so what is accepted and refused is unchanged."""
+    if text[:1] == "{":
+        msg, end = _DECODER.raw_decode(text)
+        if end == len(text):
+            return msg
+    return _DECODER.decode(text)
+
+
 # Control characters (C0, DEL, C1, line and paragraph separators) shown escaped, so an
 # excerpt can never split or forge a log line.
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -580,17 +591,17 @@ class ClientProtocol:
         return out
 
     def _receive(self, data: str | bytes) -> list[Event]:
-        if isinstance(data, bytes | bytearray | memoryview):
+        if isinstance(data, str):  # text frames: what the server sends
+            text = data
+        elif isinstance(data, bytes | bytearray | memoryview):
             try:
                 text = bytes(data).decode("utf-8")
             except UnicodeDecodeError as exc:
                 return [MalformedMessage(f"invalid UTF-8: {exc}", _excerpt(data))]
-        elif isinstance(data, str):
-            text = data
         else:
             return [MalformedMessage(f"unsupported frame type {type(data).__name__}", "")]
         try:
-            msg = _DECODER.decode(text)
+            msg = _decode_json(text)
         except (ValueError, RecursionError) as exc:
             return [MalformedMessage(f"invalid JSON: {exc}", _excerpt(text))]
         if not isinstance(msg, dict):
