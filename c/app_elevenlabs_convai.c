@@ -175,6 +175,8 @@
 				queued the most agent audio it may (about 61 s: the ring and 60 s beyond it).</para></parameter>
 				<parameter name="UpFlushes"><para>Ends of the caller's speech, each of which sent the
 				caller's partial audio chunk to the agent at once.</para></parameter>
+				<parameter name="Rephases"><para>Utterances of the agent whose first frame was
+				written as soon as it arrived, the 20 ms clock re-phased to it.</para></parameter>
 				<parameter name="PlayoutP50Us"><para>Deviation of the interval between writes from 20 ms;
 				also P99Us, MaxUs, Count and Hist (sparse <literal>bucket:count</literal> list) for
 				Playout, FirstFrame (agent audio received to first frame written), BargeIn

@@ -36,6 +36,9 @@
 #define DRAIN_MAX_MS 30000
 #define PREBUFFER_FRAMES 3       /* 60 ms, absorbed at once when a chunk arrives */
 #define CATCHUP_MAX 3U           /* frames written for one wake-up after a stall */
+/* First audio at once: never two packets closer than this (no burst the caller's jitter
+ * buffer would see; 11 ms, not 10, leaves the pacing check of the SIP tests their margin). */
+#define REPHASE_MIN_GAP_US 11000
 #define FADE_MS 8
 #define UP_SLACK_FRAMES 3        /* caller audio may lag the clock this much before we fill */
 
@@ -387,7 +390,9 @@ static void call_note_write(struct convai_call *c)
 {
 	uint32_t now = convai_now_us();
 
-	if (c->last_write_us) {
+	if (c->rephased) {
+		c->rephased = 0;   /* a new grid on purpose (call_start_at_once), not a stray write */
+	} else if (c->last_write_us) {
 		int32_t dev = (int32_t) (now - c->last_write_us) - 20000;
 
 		convai_hist_add(c->sess, CONVAI_HIST_PLAYOUT, (uint32_t) abs(dev));
@@ -531,17 +536,22 @@ static void call_fill_uplink(struct convai_call *c, uint64_t ticks)
 	}
 }
 
-static void call_on_tick(struct convai_call *c)
+/* Restart the 20 ms clock: its next expiry \a first_us from now. */
+static void call_arm_timer(struct convai_call *c, uint32_t first_us)
 {
-	uint64_t expirations = 0;
+	struct itimerspec its = { { 0, 20000000 }, { 0, (long) first_us * 1000 } };
 
-	if (read(c->tfd, &expirations, sizeof(expirations)) != sizeof(expirations)) {
-		return;
-	}
+	timerfd_settime(c->tfd, 0, &its, NULL);
+}
+
+static void call_ticks(struct convai_call *c, uint64_t expirations)
+{
 	if (expirations > 1) {
 		convai_stat_add(c->sess, CONVAI_STAT_LATE_TICKS, expirations - 1);
 	}
-	call_fill_uplink(c, expirations);
+	/* A tick moved earlier by a re-phase is not one more 20 ms of the caller's time. */
+	call_fill_uplink(c, expirations - (uint64_t) c->tick_uncounted);
+	c->tick_uncounted = 0;
 	/* Catch up after a stall, but never burst more than a few frames at once. */
 	for (expirations = MIN(expirations, CATCHUP_MAX); expirations; expirations--) {
 		call_play_one(c);
@@ -552,6 +562,54 @@ static void call_on_tick(struct convai_call *c)
 	if (c->phase == CALL_DRAINING && !c->playing && !convai_ring_count(c->sess->down)
 		&& !convai_stat_get(c->sess, CONVAI_STAT_BACKLOG_FRAMES)) {
 		call_enter(c, CALL_DONE, CONVAI_STATUS_RUNNING, CONVAI_REASON_NONE);   /* played out */
+	}
+}
+
+static void call_on_tick(struct convai_call *c)
+{
+	uint64_t expirations = 0;
+
+	if (read(c->tfd, &expirations, sizeof(expirations)) == sizeof(expirations)) {
+		call_ticks(c, expirations);
+	}
+}
+
+/*
+ * First audio at once (issue 12). Python wakes this thread (the down eventfd) when an
+ * utterance's first frames reach the ring. While the channel only writes silence, the first
+ * frame need not wait for the next tick: it is written now and the 20 ms clock restarts from
+ * it; if the last write is under REPHASE_MIN_GAP_US ago, the clock's next tick is moved to
+ * that point instead. The caller sees one interval of 11-20 ms where the new grid begins, no
+ * burst and no gap; the RTP timestamps stay contiguous, as Asterisk stamps a frame without a
+ * delivery time as predicted (+160) while it is within MAX_TIMESTAMP_SKEW (80 ms) of the clock
+ * (res_rtp_asterisk.c). Playout, prebuffer, and barge-in are call_play_one()'s, unchanged.
+ */
+static void call_start_at_once(struct convai_call *c)
+{
+	struct convai_ring *r = c->sess->down;
+	uint64_t due = 0;
+	uint32_t since;
+
+	if (c->playing || !c->last_write_us || (c->phase != CALL_TALKING
+		&& c->phase != CALL_DRAINING)) {
+		return;
+	}
+	if (read(c->tfd, &due, sizeof(due)) == sizeof(due) && due) {
+		call_ticks(c, due);   /* a tick is due anyway: it plays the audio now */
+		return;
+	}
+	if (!convai_ring_peek(r) || convai_ring_count(r) < PREBUFFER_FRAMES) {
+		return;   /* too little yet: the prebuffer waits on the ticks, as before */
+	}
+	convai_stat_add(c->sess, CONVAI_STAT_REPHASES, 1);
+	since = convai_now_us() - c->last_write_us;
+	c->rephased = 1;
+	if (since >= REPHASE_MIN_GAP_US) {
+		call_arm_timer(c, 20000);
+		call_play_one(c);
+	} else {
+		call_arm_timer(c, REPHASE_MIN_GAP_US - since);
+		c->tick_uncounted = 1;
 	}
 }
 
@@ -700,6 +758,7 @@ static void call_loop(struct convai_call *c)
 		} else if (outfd == c->sess->down_efd) {
 			call_on_commands(c);
 			call_on_wake(c);
+			call_start_at_once(c);
 		} else if (ms < 0) {
 			call_hung_up(c);
 		}

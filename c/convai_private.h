@@ -224,6 +224,8 @@ struct convai_call {
 	uint32_t seen_below;
 	uint32_t last_played_id;
 	uint32_t last_write_us;
+	int rephased;               /* the next write starts a new 20 ms grid: no playout sample */
+	int tick_uncounted;         /* the next tick came early (a re-phase): not caller time */
 	int up_deficit;             /* 20 ms ticks minus caller frames received */
 	int up_speaking;            /* the caller's energy check: speech under way */
 	int up_quiet;               /* quiet frames since the caller's last speech frame */

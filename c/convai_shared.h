@@ -321,6 +321,7 @@ enum convai_stat {
 	CONVAI_STAT_INTERRUPT_STAMP,     /* Python: µs stamp of the last interruption's arrival */
 	CONVAI_STAT_BACKLOG_DROPPED,     /* Python: agent frames dropped over the backlog's ceiling */
 	CONVAI_STAT_UP_FLUSHES,          /* C: ends of the caller's speech, each sent at once */
+	CONVAI_STAT_REPHASES,            /* C: utterances started at once, the 20 ms clock re-phased */
 	CONVAI_STAT_MAX
 };
 

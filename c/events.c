@@ -152,13 +152,14 @@ void convai_event_stats(struct convai_call *c)
 	ast_str_append(&body, 0, "FramesPlayed: %" PRIu64 "\r\nUnderruns: %" PRIu64 "\r\n"
 		"LateTicks: %" PRIu64 "\r\nFramesUp: %" PRIu64 "\r\nUpOverflows: %" PRIu64 "\r\n"
 		"FramesDropped: %" PRIu64 "\r\nInterruptions: %" PRIu64 "\r\nBytesUp: %" PRIu64 "\r\n"
-		"BytesDown: %" PRIu64 "\r\nBacklogDropped: %" PRIu64 "\r\nUpFlushes: %" PRIu64 "\r\n",
+		"BytesDown: %" PRIu64 "\r\nBacklogDropped: %" PRIu64 "\r\nUpFlushes: %" PRIu64 "\r\n"
+		"Rephases: %" PRIu64 "\r\n",
 		convai_stat_get(s, CONVAI_STAT_FRAMES_PLAYED), convai_stat_get(s, CONVAI_STAT_UNDERRUNS),
 		convai_stat_get(s, CONVAI_STAT_LATE_TICKS), convai_stat_get(s, CONVAI_STAT_FRAMES_UP),
 		convai_stat_get(s, CONVAI_STAT_UP_OVERFLOWS), convai_ring_skipped(s->down),
 		convai_stat_get(s, CONVAI_STAT_INTERRUPTIONS), convai_stat_get(s, CONVAI_STAT_BYTES_UP),
 		convai_stat_get(s, CONVAI_STAT_BYTES_DOWN), convai_stat_get(s, CONVAI_STAT_BACKLOG_DROPPED),
-		convai_stat_get(s, CONVAI_STAT_UP_FLUSHES));
+		convai_stat_get(s, CONVAI_STAT_UP_FLUSHES), convai_stat_get(s, CONVAI_STAT_REPHASES));
 	for (i = 0; i < CONVAI_HIST_MAX; i++) {
 		hist_summary(&body, names[i], s->hist[i]);
 	}

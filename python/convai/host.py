@@ -364,6 +364,12 @@ class CallBridge:
             return
         # Stamped with their arrival, so C can measure arrival -> first frame written.
         stamp, queued = lib.convai_now_us(), False
+        # An utterance starts (nothing queued, or a new event id): the channel thread is woken
+        # to play it at once instead of at its next tick (c/call.c, call_start_at_once).
+        first = contract.ring_id(runs[0][0]) if runs else 0
+        starts = not lib.convai_ring_count(ring) or (
+            bool(self.in_ring) and self.in_ring[-1][0] != first
+        )
         for ev, data in runs:
             event_id = contract.ring_id(ev)
             if not lib.convai_ring_stale(ring, event_id):
@@ -372,6 +378,8 @@ class CallBridge:
                 queued = True
         if queued:
             self._drain_backlog()
+            if starts:
+                os.eventfd_write(self.sess.down_efd, 1)
 
     def _drop_excess(self) -> None:
         """A flood beyond the backlog's ceiling: its newest frames are refused, counted and

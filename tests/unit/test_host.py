@@ -146,6 +146,31 @@ def test_long_chunks_go_in_as_runs_split_at_the_full_ring_and_at_the_ceiling(cal
     assert {ev for ev, _ in played} == {1}
 
 
+def test_the_channel_thread_is_woken_when_an_utterance_starts_not_per_chunk(call: Call) -> None:
+    """First audio at once (c/call.c): the down eventfd is written when pushed audio starts
+    an utterance (nothing queued, or a new event id), so the channel thread plays it without
+    waiting for its next tick; more of the same utterance wakes no one."""
+    bridge = call.talking()
+
+    def woken() -> bool:
+        try:
+            os.eventfd_read(call.sess.down_efd)
+        except BlockingIOError:
+            return False
+        return True
+
+    woken()  # STARTED's own wake-up
+    bridge._push(frames(5, event_id=1))
+    assert woken()  # the ring was empty
+    bridge._push(frames(5, event_id=1, start=5))
+    assert not woken()  # the same utterance goes on: the ticks take it
+    bridge._push(frames(5, event_id=2))
+    assert woken()  # a new id (a reply after an interruption)
+    assert len(call.play(15)) == 15
+    bridge._push(frames(3, event_id=2, start=5))
+    assert woken()  # played out, then more: it starts again
+
+
 def test_a_flood_beyond_the_ceiling_is_dropped_counted_and_logged_once(
     call: Call, caplog: pytest.LogCaptureFixture
 ) -> None:
