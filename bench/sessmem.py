@@ -187,7 +187,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/sessmem"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.transport == "wss" and "SSL_CERT_FILE" not in os.environ:
+    # The re-exec below is marked by its own variable: SSL_CERT_FILE may be set already (to
+    # the system bundle), which does not trust the test CA.
+    if args.transport == "wss" and "SESSMEM_TEST_CA" not in os.environ:
         # The CA through the environment, as the module's admin gives it: set before this
         # process starts, since aiohttp builds its default SSL context when imported.
         from convai.sim.tls import make_test_pki
@@ -196,7 +198,7 @@ def main() -> int:
         for pair, name in ((pki.good, "good"),):
             (args.work / "pki" / f"{name}.pem").write_bytes(pair.cert.read_bytes())
             (args.work / "pki" / f"{name}.key").write_bytes(pair.key.read_bytes())
-        os.environ["SSL_CERT_FILE"] = str(pki.ca.cert)
+        os.environ["SSL_CERT_FILE"] = os.environ["SESSMEM_TEST_CA"] = str(pki.ca.cert)
         os.execv(sys.executable, [sys.executable, *sys.argv])
     sim, endpoint = start_sim(args.work, args.transport == "wss")
     try:
