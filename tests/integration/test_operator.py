@@ -177,20 +177,23 @@ def test_show_agents_calls_and_call_during_a_sip_call(
             15,
             "the interruption in show calls",
         )
-        # Then the agent's reply to it, with a ping measured: a snapshot mid-conversation.
-        wait_until(
-            lambda: any(
+
+        # Then the agent's reply to it, with a ping measured: a snapshot mid-conversation. The
+        # list and the call's detail are two commands, so both are taken until both show it
+        # (the reply can end between them on a loaded machine).
+        def snapshot() -> tuple[str, str] | None:
+            playing = any(
                 r["Channel"] == chan
                 and float(r["RTT ms"]) > 0
                 and int(r["Event ID"]) >= 2
                 and int(r["Queued ms"]) > 0
                 for r in live_calls(ast)
-            ),
-            20,
-            "the agent's reply playing, and a ping",
-        )
-        calls = ast.cli("elevenlabs show calls")
-        detail = ast.cli(f"elevenlabs show call {chan}")
+            )
+            calls = ast.cli("elevenlabs show calls")
+            detail = ast.cli(f"elevenlabs show call {chan}")
+            return (calls, detail) if playing and "agent speaking" in detail else None
+
+        calls, detail = wait_until(snapshot, 20, "the agent's reply playing, and a ping")
         print(calls)
         print(detail)
         conv = sim.conversations[0]
