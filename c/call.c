@@ -594,12 +594,12 @@ static void call_start_at_once(struct convai_call *c)
 		&& c->phase != CALL_DRAINING)) {
 		return;
 	}
+	if (!convai_ring_peek(r) || convai_ring_count(r) < PREBUFFER_FRAMES) {
+		return;   /* too little yet: the prebuffer waits on the ticks, as before */
+	}
 	if (read(c->tfd, &due, sizeof(due)) == sizeof(due) && due) {
 		call_ticks(c, due);   /* a tick is due anyway: it plays the audio now */
 		return;
-	}
-	if (!convai_ring_peek(r) || convai_ring_count(r) < PREBUFFER_FRAMES) {
-		return;   /* too little yet: the prebuffer waits on the ticks, as before */
 	}
 	convai_stat_add(c->sess, CONVAI_STAT_REPHASES, 1);
 	since = convai_now_us() - c->last_write_us;

@@ -270,13 +270,15 @@ static inline uint32_t convai_ring_pop_many(struct convai_ring *r, void *out, ui
 		*mark = 0;
 	}
 	while (max_slots-- && (s = convai_ring_peek(r)) && used + s->len <= cap) {
+		uint32_t id = s->event_id;   /* read before advance: then the slot is the producer's */
+
 		memcpy((unsigned char *) out + used, s->data, s->len);
 		used += s->len;
 		if (last_stamp) {
 			*last_stamp = s->stamp;
 		}
 		convai_ring_advance(r);
-		if (mark && (*mark = s->event_id)) {
+		if (mark && (*mark = id)) {
 			break;
 		}
 	}
